@@ -1,0 +1,47 @@
+# braggflow: `make run` runs the whole workflow on config/config.yaml, `make test` runs the tests.
+# Both install what they need first: a virtual environment (.venv) and, where apt is available,
+# the Debian packages of the stages that use them (DIALS, cctbx).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+APT_PACKAGES := python3-venv dials python3-cctbx
+
+.PHONY: run test dry-run install system-deps clean
+
+run: install
+	$(BIN)/snakemake --cores $(CORES)
+
+test: install
+	$(BIN)/pytest
+
+dry-run: install
+	$(BIN)/snakemake -n
+
+install: system-deps $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Installs only what is missing; explains and carries on where apt or root is not available
+# (the tests that need these programs then skip, saying why).
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "system packages present:$(patsubst %, %,$(APT_PACKAGES))"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "NOTE: apt-get not found; not installing$$missing (stages and tests that need them are skipped)"; \
+	else \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
+	  echo "installing Debian packages:$$missing"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing \
+	    || echo "NOTE: could not install$$missing (not root?); stages and tests that need them are skipped"; \
+	fi
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,51 @@
+# Dataset matrix, path helpers, input functions and wildcard constraints shared by every stage.
+from braggflow.config import check_structure_files
+from braggflow.geometry import dataset_geometry
+from braggflow.matrix import DATASET_RE, ENERGY_LABEL_RE, energies, expand_matrix
+
+check_structure_files(config)
+
+DATASETS = expand_matrix(config)  # name -> Dataset, e.g. "7keV_250mm"
+ENERGIES = energies(config)  # label -> keV, e.g. "7" -> 7.0
+STRUCTURES = list(config["structures"])
+
+# Reflections a little beyond the detector corner still light up pixels through the lattice transform.
+D_MIN_MARGIN = 0.95
+
+
+wildcard_constraints:
+    dataset=DATASET_RE,
+    energy=ENERGY_LABEL_RE,
+    structure="[A-Za-z0-9][A-Za-z0-9_-]*",
+
+
+def structure_file(wildcards):
+    return config["structures"][wildcards.structure]["file"]
+
+
+def geometry_of(dataset_name):
+    return dataset_geometry(config, DATASETS[dataset_name])
+
+
+def sf_d_min_angstrom(energy):
+    """The configured d_min, or the finest d any camera length of this energy records (with margin)."""
+    fixed = config["structure_factors"]["d_min_angstrom"]
+    if fixed is not None:
+        return float(fixed)
+    reach = [geometry_of(d.name).d_min_angstrom() for d in DATASETS.values() if d.energy == energy]
+    return round(D_MIN_MARGIN * min(reach), 4)
+
+
+def sf_mtz(structure, energy):
+    return f"results/structure_factors/{structure}/{energy}keV.mtz"
+
+
+def all_sf_mtz():
+    return [sf_mtz(s, e) for s in STRUCTURES for e in ENERGIES]
+
+
+def all_targets():
+    return all_sf_mtz() + [
+        "results/structure_factors/summary.tsv",
+        "results/structure_factors/resolution_shells.png",
+    ]

@@ -1,0 +1,107 @@
+"""Config validation against config/config.schema.yaml with messages that name the key and what is allowed.
+
+Snakemake's ``validate`` (run in the Snakefile too) sets defaults; this module gives the readable errors
+and lets library code and tests load a config without Snakemake.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more config keys are wrong; the message lists each key with what is allowed."""
+
+
+def _key_path(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _allowed(schema: dict[str, Any]) -> str:
+    bits = []
+    if "description" in schema:
+        bits.append(schema["description"].strip().rstrip("."))
+    if "type" in schema:
+        t = schema["type"]
+        bits.append("type " + (" or ".join(t) if isinstance(t, list) else t))
+    if "enum" in schema:
+        bits.append("one of " + ", ".join(repr(v) for v in schema["enum"]))
+    for key, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+        if key in schema:
+            bits.append(f"{word} {schema[key]}")
+    if "minItems" in schema:
+        bits.append(f"at least {schema['minItems']} item(s)")
+    if "pattern" in schema:
+        bits.append(f"matching {schema['pattern']!r}")
+    return "; ".join(bits)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        known = ", ".join(sorted(error.schema.get("properties", {})))
+        where = "" if key == "<top level>" else key + "."
+        return "; ".join(f"config key '{where}{e}' is not known (allowed keys here: {known})" for e in extra)
+    if error.validator == "required":
+        return f"config key '{key}': {error.message} (see config/README.md)"
+    return f"config key '{key}': {error.message} (allowed: {_allowed(error.schema)})"
+
+
+def check_config(config: dict[str, Any], schema: dict[str, Any] | str | Path) -> None:
+    """Raise ConfigError naming every wrong key; return None when the config is valid."""
+    if not isinstance(schema, dict):
+        schema = load_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        lines = "\n  ".join(_describe(e) for e in errors)
+        raise ConfigError(f"invalid configuration:\n  {lines}")
+
+
+def _fill_defaults(config: Any, schema: dict[str, Any]) -> None:
+    if not isinstance(config, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in config and "default" in sub:
+            config[key] = copy.deepcopy(sub["default"])
+        if key in config:
+            _fill_defaults(config[key], sub)
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def load_config(path: str | Path, schema_path: str | Path) -> dict[str, Any]:
+    """Read a config YAML, check it (ConfigError naming the key) and fill the schema's defaults."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(config).__name__}")
+    schema = load_schema(schema_path)
+    check_config(config, schema)
+    _fill_defaults(config, schema)
+    return config
+
+
+def check_structure_files(config: dict[str, Any], base: str | Path = ".") -> None:
+    """Every structure named in the config must have a readable file (relative paths from ``base``)."""
+    missing = []
+    for name, entry in config["structures"].items():
+        path = Path(base) / entry["file"]
+        if not path.is_file():
+            missing.append(f"config key 'structures.{name}.file': no such file {entry['file']!r}")
+    if missing:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(missing))

@@ -1,0 +1,69 @@
+"""The workflow itself: the default DAG builds; a tiny config runs; reruns give the same bytes; bad input stops cleanly."""
+
+import subprocess
+
+import gemmi
+import pytest
+import yaml
+
+from conftest import ROOT, SNAKEMAKE, run_snakemake
+
+pytestmark = pytest.mark.slow
+TINY = ROOT / "tests/configs/tiny.yaml"
+
+
+def test_default_config_dry_run_succeeds():
+    res = subprocess.run([str(SNAKEMAKE), "-n", "--forceall", "--quiet", "rules"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    for name in ("structure_factors", "structure_factor_summary"):
+        assert name in res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tiny")
+    res = run_snakemake(work, configfile=TINY)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    return work
+
+
+def test_tiny_config_produces_mtz_files(tiny_run):
+    for structure in ("ni", "pb"):
+        for energy in ("7", "8"):
+            mtz = gemmi.read_mtz_file(str(tiny_run / f"results/structure_factors/{structure}/{energy}keV.mtz"))
+            assert mtz.spacegroup.hm == "F m -3 m" and mtz.nreflections > 3
+            assert mtz.resolution_high() >= 0.7 - 1e-6
+    summary = (tiny_run / "results/structure_factors/summary.tsv").read_text().splitlines()
+    assert summary[0].startswith("structure\tenergy_kev\treflections_asu") and len(summary) == 5
+    assert (tiny_run / "results/structure_factors/resolution_shells.png").stat().st_size > 10_000
+    assert (tiny_run / "logs/structure_factors/ni/7keV.log").read_text().count("wrote") == 1
+
+
+def test_rerun_gives_the_same_bytes(tiny_run, tmp_path):
+    res = run_snakemake(tmp_path, configfile=TINY)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    for rel in ("results/structure_factors/pb/8keV.mtz", "results/structure_factors/summary.tsv"):
+        assert (tmp_path / rel).read_bytes() == (tiny_run / rel).read_bytes(), rel
+
+
+def test_bad_structure_stops_with_the_file_named_and_no_output(tmp_path):
+    bad = tmp_path / "broken.pdb"
+    bad.write_text((ROOT / "resources/structures/1ic6.pdb").read_text()[:150_000])
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["structures"] = {"broken": {"file": str(bad)}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = run_snakemake(tmp_path / "work", configfile=tmp_path / "c.yaml")
+    assert res.returncode != 0
+    log = (tmp_path / "work/logs/structure_factors/broken/7keV.log").read_text()
+    assert "broken.pdb: truncated PDB" in log
+    assert not list((tmp_path / "work").glob("results/structure_factors/broken/*"))
+
+
+def test_bad_config_key_stops_the_dry_run_with_the_key_named(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["matrix"]["camera_lengths_m"] = [0.25, -1.0]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = run_snakemake(tmp_path / "work", "-n", configfile=tmp_path / "c.yaml")
+    assert res.returncode != 0
+    assert "config key 'matrix.camera_lengths_m[1]': -1.0 is less than the minimum of 0.02" in res.stdout + res.stderr
