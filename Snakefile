@@ -17,6 +17,7 @@ validate(config, "config/config.schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/structures.smk"
+include: "rules/backgrounds.smk"
 
 
 rule all:

@@ -45,7 +45,14 @@ def all_sf_mtz():
 
 
 def all_targets():
-    return all_sf_mtz() + [
-        "results/structure_factors/summary.tsv",
-        "results/structure_factors/resolution_shells.png",
+    per_dataset = [
+        "results/geometry/{dataset}/geometry.json",
+        "results/geometry/{dataset}/{dataset}.geom",
+        "results/backgrounds/{dataset}/water.h5",
+        "results/backgrounds/{dataset}/water.png",
     ]
+    return (
+        all_sf_mtz()
+        + ["results/structure_factors/summary.tsv", "results/structure_factors/resolution_shells.png"]
+        + expand(per_dataset, dataset=DATASETS)
+    )

@@ -40,10 +40,21 @@ def test_tiny_config_produces_mtz_files(tiny_run):
     assert (tiny_run / "logs/structure_factors/ni/7keV.log").read_text().count("wrote") == 1
 
 
+def test_tiny_config_produces_geometry_and_water_per_dataset(tiny_run):
+    from braggflow.water import read_background
+
+    for dataset in ("7keV_250mm", "8keV_250mm"):
+        bg = read_background(tiny_run / f"results/backgrounds/{dataset}/water.h5")
+        assert bg.geometry.camera_length_m == 0.25 and bg.photons.shape == (2167, 2070)
+        assert bg.photons.max() > 0 and (tiny_run / f"results/backgrounds/{dataset}/water.png").stat().st_size > 10_000
+        assert "clen = 0.25" in (tiny_run / f"results/geometry/{dataset}/{dataset}.geom").read_text()
+
+
 def test_rerun_gives_the_same_bytes(tiny_run, tmp_path):
     res = run_snakemake(tmp_path, configfile=TINY)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
-    for rel in ("results/structure_factors/pb/8keV.mtz", "results/structure_factors/summary.tsv"):
+    for rel in ("results/structure_factors/pb/8keV.mtz", "results/structure_factors/summary.tsv",
+                "results/backgrounds/7keV_250mm/water.h5", "results/geometry/8keV_250mm/8keV_250mm.geom"):
         assert (tmp_path / rel).read_bytes() == (tiny_run / rel).read_bytes(), rel
 
 

@@ -53,7 +53,14 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return "; ".join(f"config key '{where}{e}' is not known (allowed keys here: {known})" for e in extra)
     if error.validator == "required":
         return f"config key '{key}': {error.message} (see config/README.md)"
-    return f"config key '{key}': {error.message} (allowed: {_allowed(error.schema)})"
+    hint = ""
+    if error.validator == "type" and isinstance(error.instance, str):
+        try:
+            float(error.instance)
+            hint = f"; YAML reads {error.instance} as text: write it with a sign in the exponent, e.g. 1.0e+12"
+        except ValueError:
+            pass
+    return f"config key '{key}': {error.message} (allowed: {_allowed(error.schema)}){hint}"
 
 
 def check_config(config: dict[str, Any], schema: dict[str, Any] | str | Path) -> None:

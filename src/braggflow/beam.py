@@ -1,0 +1,50 @@
+"""The incident beam: photons per pulse, spot size, polarization."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Beam:
+    photons_per_pulse: float
+    size_m: tuple[float, float]  # full widths (horizontal, vertical) of a top-hat spot
+    polarization_fraction: float  # fraction of the intensity with its E-vector in the polarization plane
+    polarization_angle_deg: float  # E-vector direction: from lab x (detector fast) toward lab +y
+
+    def __post_init__(self):
+        if not self.photons_per_pulse > 0:
+            raise ValueError(f"beam.photons_per_pulse must be > 0, got {self.photons_per_pulse}")
+        if not (self.size_m[0] > 0 and self.size_m[1] > 0):
+            raise ValueError(f"beam.size_um must be > 0, got {[s * 1e6 for s in self.size_m]}")
+        if not 0.0 <= self.polarization_fraction <= 1.0:
+            raise ValueError(f"beam.polarization_fraction must be in [0, 1], got {self.polarization_fraction}")
+
+    @property
+    def fluence_per_m2(self) -> float:
+        return self.photons_per_pulse / (self.size_m[0] * self.size_m[1])
+
+    @property
+    def kahn_factor(self) -> float:
+        """(I_parallel - I_perpendicular) / total: nanoBragg's K, pyFAI's polarization factor."""
+        return 2.0 * self.polarization_fraction - 1.0
+
+    @property
+    def polarization_angle_rad(self) -> float:
+        return math.radians(self.polarization_angle_deg)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size_m"] = list(self.size_m)
+        return d
+
+    @classmethod
+    def from_config(cls, beam_cfg: dict[str, Any]) -> "Beam":
+        return cls(
+            photons_per_pulse=float(beam_cfg["photons_per_pulse"]),
+            size_m=(beam_cfg["size_um"][0] * 1e-6, beam_cfg["size_um"][1] * 1e-6),
+            polarization_fraction=float(beam_cfg["polarization_fraction"]),
+            polarization_angle_deg=float(beam_cfg["polarization_angle_deg"]),
+        )

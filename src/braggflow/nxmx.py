@@ -1,0 +1,115 @@
+"""NXmx HDF5 files that DIALS (dxtbx FormatNXmx) reads without plugins: multi-frame stills with geometry.
+
+Layout measured against DIALS 3.12 (see README): the beam centre enters only through the module_offset of
+the transformation chain; NeXus x and z are DIALS -x and -z, so fast = NeXus -x = DIALS +x and
+slow = NeXus -y = DIALS -y, and the module origin sits at NeXus (bx*px, by*px).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .geometry import Geometry
+from .io import atomic_path
+
+DATA_PATH = "/entry/data/data"
+MASK_PATH = "/entry/instrument/detector/pixel_mask"
+GAP_BIT = 1  # NeXus pixel_mask bit 0: gap between modules
+DETECTOR_PATH = "/entry/instrument/detector"
+DET_Z_PATH = DETECTOR_PATH + "/transformations/det_z"
+MODULE_PATH = DETECTOR_PATH + "/module"
+
+
+def _nx(group: h5py.Group, nx_class: str) -> h5py.Group:
+    group.attrs["NX_class"] = nx_class
+    return group
+
+
+def _transformation(group, name, value, units, kind, vector, depends_on, offset=None):
+    ds = group.create_dataset(name, data=value)
+    ds.attrs["units"] = units
+    ds.attrs["transformation_type"] = kind
+    ds.attrs["vector"] = np.asarray(vector, dtype=float)
+    ds.attrs["depends_on"] = depends_on
+    if offset is not None:
+        ds.attrs["offset"] = np.asarray(offset, dtype=float)
+        ds.attrs["offset_units"] = units
+    return ds
+
+
+def write_nxmx_metadata(f: h5py.File, geometry: Geometry, wavelengths_angstrom: np.ndarray | float,
+                        mask: np.ndarray | None = None, saturation_value: int | None = None,
+                        sensor_thickness_mm: float | None = None) -> None:
+    """Everything but the image data: entry, sample (no goniometer: stills), beam, detector geometry.
+
+    ``sensor_thickness_mm`` overrides the geometry's value in the file (DIALS derives its parallax
+    correction from it).
+    """
+    px_mm = geometry.pixel_size_m * 1e3
+    bx, by = geometry.beam_center_px
+    entry = _nx(f.require_group("entry"), "NXentry")
+    entry.create_dataset("definition", data="NXmx")
+    _nx(entry.create_group("sample"), "NXsample")
+    inst = _nx(entry.create_group("instrument"), "NXinstrument")
+    beam = _nx(inst.create_group("beam"), "NXbeam")
+    wl = beam.create_dataset("incident_wavelength", data=np.asarray(wavelengths_angstrom, dtype=float))
+    wl.attrs["units"] = "angstrom"
+    det = _nx(inst.create_group("detector"), "NXdetector")
+    det.create_dataset("sensor_material", data=geometry.sensor_material)
+    thick = geometry.sensor_thickness_mm if sensor_thickness_mm is None else sensor_thickness_mm
+    det.create_dataset("sensor_thickness", data=float(thick)).attrs["units"] = "mm"
+    det.create_dataset("description", data=f"{geometry.detector_name} (pyFAI definition)")
+    for name, value in (("x_pixel_size", px_mm), ("y_pixel_size", px_mm)):
+        det.create_dataset(name, data=value).attrs["units"] = "mm"
+    # Human-readable copies; DIALS takes the geometry from the transformations below.
+    det.create_dataset("beam_center_x", data=bx).attrs["units"] = "pixel"
+    det.create_dataset("beam_center_y", data=by).attrs["units"] = "pixel"
+    det.create_dataset("distance", data=geometry.camera_length_m * 1e3).attrs["units"] = "mm"
+    if saturation_value is not None:
+        det.create_dataset("saturation_value", data=int(saturation_value))
+        det.create_dataset("underload_value", data=-1)
+    if mask is not None:
+        det.create_dataset("pixel_mask", data=mask.astype(np.int32), compression="gzip", compression_opts=4)
+    trans = _nx(det.create_group("transformations"), "NXtransformations")
+    _transformation(trans, "det_z", geometry.camera_length_m * 1e3, "mm", "translation", [0, 0, 1], ".")
+    det.create_dataset("depends_on", data=MODULE_PATH + "/fast_pixel_direction")
+    module = _nx(det.create_group("module"), "NXdetector_module")
+    module.create_dataset("data_origin", data=np.array([0, 0], dtype=np.int32))
+    module.create_dataset("data_size", data=np.array([geometry.n_slow, geometry.n_fast], dtype=np.int32))
+    _transformation(module, "module_offset", 0.0, "mm", "translation", [1, 0, 0], DET_Z_PATH,
+                    offset=[bx * px_mm, by * px_mm, 0.0])
+    _transformation(module, "fast_pixel_direction", px_mm, "mm", "translation", [-1, 0, 0],
+                    MODULE_PATH + "/module_offset")
+    _transformation(module, "slow_pixel_direction", px_mm, "mm", "translation", [0, -1, 0],
+                    MODULE_PATH + "/module_offset")
+    entry.create_dataset("braggflow_geometry", data=json.dumps(geometry.as_dict()))
+
+
+@contextlib.contextmanager
+def nxmx_writer(path: str | Path, geometry: Geometry, n_frames: int, dtype, wavelengths_angstrom,
+                mask: np.ndarray | None = None, saturation_value: int | None = None,
+                compression: dict[str, Any] | None = None,
+                sensor_thickness_mm: float | None = None) -> Iterator[tuple[h5py.File, h5py.Dataset]]:
+    """Open an NXmx file for frame-by-frame writing (one frame per chunk); atomic: renamed on success."""
+    comp = compression if compression is not None else {"compression": "gzip", "compression_opts": 4}
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            write_nxmx_metadata(f, geometry, wavelengths_angstrom, mask, saturation_value, sensor_thickness_mm)
+            data_group = _nx(f["entry"].create_group("data"), "NXdata")
+            data_group.attrs["signal"] = "data"
+            shape = (n_frames, geometry.n_slow, geometry.n_fast)
+            data = data_group.create_dataset("data", shape=shape, dtype=dtype,
+                                             chunks=(1, geometry.n_slow, geometry.n_fast), **comp)
+            yield f, data
+
+
+def read_geometry(path: str | Path) -> Geometry:
+    with h5py.File(path, "r") as f:
+        return Geometry.from_dict(json.loads(f["entry/braggflow_geometry"][()]))
