@@ -18,6 +18,7 @@ validate(config, "config/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/structures.smk"
 include: "rules/backgrounds.smk"
+include: "rules/simulate.smk"
 
 
 rule all:

@@ -17,6 +17,7 @@ wildcard_constraints:
     dataset=DATASET_RE,
     energy=ENERGY_LABEL_RE,
     structure="[A-Za-z0-9][A-Za-z0-9_-]*",
+    shard=r"\d{4}",
 
 
 def structure_file(wildcards):
@@ -27,9 +28,11 @@ def geometry_of(dataset_name):
     return dataset_geometry(config, DATASETS[dataset_name])
 
 
-def sf_d_min_angstrom(energy):
+def sf_d_min_angstrom(structure, energy):
     """The configured d_min, or the finest d any camera length of this energy records (with margin)."""
-    fixed = config["structure_factors"]["d_min_angstrom"]
+    fixed = config["structures"][structure].get("d_min_angstrom")
+    if fixed is None:
+        fixed = config["structure_factors"]["d_min_angstrom"]
     if fixed is not None:
         return float(fixed)
     reach = [geometry_of(d.name).d_min_angstrom() for d in DATASETS.values() if d.energy == energy]
@@ -44,6 +47,54 @@ def all_sf_mtz():
     return [sf_mtz(s, e) for s in STRUCTURES for e in ENERGIES]
 
 
+SIM = config["simulation"]
+SIM_STRUCTURES = SIM["structures"] if SIM["structures"] is not None else STRUCTURES
+N_SHARDS = -(-SIM["frames_per_dataset"] // SIM["frames_per_shard"])
+
+
+def check_simulation_structures():
+    unknown = [s for s in SIM_STRUCTURES if s not in config["structures"]]
+    if unknown:
+        raise ValueError(
+            f"config key 'simulation.structures': {unknown} not among structures {STRUCTURES}"
+        )
+
+
+check_simulation_structures()
+
+
+def shard_frames(shard):
+    """(first, stop) frame indices of a shard; frames never depend on the shard size."""
+    first = int(shard) * SIM["frames_per_shard"]
+    return first, min(first + SIM["frames_per_shard"], SIM["frames_per_dataset"])
+
+
+def shard_names():
+    return [f"{i:04d}" for i in range(N_SHARDS)]
+
+
+def simulation_gpus():
+    """1 where the simulator will run on CuPy, else 0 (the CPU path never imports CuPy)."""
+    backend = SIM["backend"]
+    if backend == "cupy":
+        return 1
+    if backend == "auto":
+        import importlib.util
+
+        # Installed CuPy means a GPU environment (envs/braggflow-gpu.yaml); found without importing it.
+        return int(importlib.util.find_spec("cupy") is not None)
+    return 0
+
+
+def simulated_shards(structure, dataset):
+    return expand(
+        "results/simulated/{structure}/{dataset}/shard_{shard}.h5",
+        structure=structure,
+        dataset=dataset,
+        shard=shard_names(),
+    )
+
+
 def all_targets():
     per_dataset = [
         "results/geometry/{dataset}/geometry.json",
@@ -55,4 +106,5 @@ def all_targets():
         all_sf_mtz()
         + ["results/structure_factors/summary.tsv", "results/structure_factors/resolution_shells.png"]
         + expand(per_dataset, dataset=DATASETS)
+        + [f for s in SIM_STRUCTURES for d in DATASETS for f in simulated_shards(s, d)]
     )

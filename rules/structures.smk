@@ -8,7 +8,7 @@ rule structure_factors:
         mtz="results/structure_factors/{structure}/{energy}keV.mtz",
     params:
         energy_kev=lambda wc: ENERGIES[wc.energy],
-        d_min_angstrom=lambda wc: sf_d_min_angstrom(wc.energy),
+        d_min_angstrom=lambda wc: sf_d_min_angstrom(wc.structure, wc.energy),
         anomalous=config["structure_factors"]["anomalous"],
     log:
         "logs/structure_factors/{structure}/{energy}keV.log",

@@ -37,3 +37,15 @@ def test_container_builds_that_env_and_installs_the_package():
     for path in ("pyproject.toml", "src"):
         assert re.search(rf"^\s*{path}\s+/opt/braggflow/{path}", recipe, re.M)
     assert "import braggflow" in recipe
+
+
+def test_gpu_env_is_the_cpu_env_plus_cupy_and_its_container_builds_it():
+    cpu = yaml.safe_load((ROOT / "envs/braggflow.yaml").read_text())["dependencies"]
+    gpu = yaml.safe_load((ROOT / "envs/braggflow-gpu.yaml").read_text())["dependencies"]
+    extra = [d for d in gpu if d not in cpu]
+    assert [d for d in cpu if d not in gpu] == []
+    assert sorted(_split(d)[0] for d in extra) == ["cuda-version", "cupy"]
+    recipe = (ROOT / "containers/braggflow-gpu.def").read_text()
+    assert re.search(r"^From: nvidia/cuda:", recipe, re.M)
+    assert re.search(r"micromamba install .*-f /opt/braggflow/envs/braggflow-gpu\.yaml", recipe)
+    assert "import braggflow, cupy" in recipe

@@ -35,7 +35,7 @@ def test_tiny_config_produces_mtz_files(tiny_run):
             assert mtz.spacegroup.hm == "F m -3 m" and mtz.nreflections > 3
             assert mtz.resolution_high() >= 0.7 - 1e-6
     summary = (tiny_run / "results/structure_factors/summary.tsv").read_text().splitlines()
-    assert summary[0].startswith("structure\tenergy_kev\treflections_asu") and len(summary) == 5
+    assert summary[0].startswith("structure\tenergy_kev\treflections_asu") and len(summary) == 7
     assert (tiny_run / "results/structure_factors/resolution_shells.png").stat().st_size > 10_000
     assert (tiny_run / "logs/structure_factors/ni/7keV.log").read_text().count("wrote") == 1
 
@@ -43,18 +43,36 @@ def test_tiny_config_produces_mtz_files(tiny_run):
 def test_tiny_config_produces_geometry_and_water_per_dataset(tiny_run):
     from braggflow.water import read_background
 
-    for dataset in ("7keV_250mm", "8keV_250mm"):
+    for dataset in ("7keV_100mm", "8keV_100mm"):
         bg = read_background(tiny_run / f"results/backgrounds/{dataset}/water.h5")
-        assert bg.geometry.camera_length_m == 0.25 and bg.photons.shape == (2167, 2070)
+        assert bg.geometry.camera_length_m == 0.1 and bg.photons.shape == (1065, 1030)
         assert bg.photons.max() > 0 and (tiny_run / f"results/backgrounds/{dataset}/water.png").stat().st_size > 10_000
-        assert "clen = 0.25" in (tiny_run / f"results/geometry/{dataset}/{dataset}.geom").read_text()
+        assert "clen = 0.1" in (tiny_run / f"results/geometry/{dataset}/{dataset}.geom").read_text()
+
+
+def test_tiny_config_simulates_sharded_frames_with_truth(tiny_run):
+    import h5py
+
+    from braggflow.shards import read_shard_frames, read_truth
+
+    for dataset in ("7keV_100mm", "8keV_100mm"):
+        shards = sorted((tiny_run / f"results/simulated/1ic6/{dataset}").glob("shard_*.h5"))
+        assert [p.name for p in shards] == ["shard_0000.h5", "shard_0001.h5"]
+        frames = [read_shard_frames(p)["frame_index"].tolist() for p in shards]
+        assert frames == [[0, 1], [2]]
+        with h5py.File(shards[0]) as f:
+            assert f["entry/data/data"].shape == (2, 1065, 1030) and f["entry/data/data"].dtype == "float32"
+            assert f["braggflow"].attrs["dataset"] == dataset
+        truth = read_truth(shards[0])
+        assert set(truth.frame_index) == {0, 1} and (truth.photons > 0).sum() > 5
 
 
 def test_rerun_gives_the_same_bytes(tiny_run, tmp_path):
     res = run_snakemake(tmp_path, configfile=TINY)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     for rel in ("results/structure_factors/pb/8keV.mtz", "results/structure_factors/summary.tsv",
-                "results/backgrounds/7keV_250mm/water.h5", "results/geometry/8keV_250mm/8keV_250mm.geom"):
+                "results/backgrounds/7keV_100mm/water.h5", "results/geometry/8keV_100mm/8keV_100mm.geom",
+                "results/simulated/1ic6/8keV_100mm/shard_0001.h5"):
         assert (tmp_path / rel).read_bytes() == (tiny_run / rel).read_bytes(), rel
 
 
@@ -63,11 +81,12 @@ def test_bad_structure_stops_with_the_file_named_and_no_output(tmp_path):
     bad.write_text((ROOT / "resources/structures/1ic6.pdb").read_text()[:150_000])
     cfg = yaml.safe_load(TINY.read_text())
     cfg["structures"] = {"broken": {"file": str(bad)}}
+    cfg["simulation"]["structures"] = ["broken"]
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     res = run_snakemake(tmp_path / "work", configfile=tmp_path / "c.yaml")
     assert res.returncode != 0
-    log = (tmp_path / "work/logs/structure_factors/broken/7keV.log").read_text()
-    assert "broken.pdb: truncated PDB" in log
+    logs = [p.read_text() for p in (tmp_path / "work/logs/structure_factors/broken").glob("*keV.log")]
+    assert logs and all("broken.pdb: truncated PDB" in text for text in logs)  # whichever energy ran first
     assert not list((tmp_path / "work").glob("results/structure_factors/broken/*"))
 
 

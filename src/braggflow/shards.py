@@ -1,0 +1,197 @@
+"""Simulated shards: Bragg-only expected photons for a run of frames, with everything that made them.
+
+One shard = frames [first, first + n) of one (structure, dataset). Each frame's draws depend only on
+(seed, dataset index, frame index), so a frame is identical whatever the shard size.
+
+File layout (HDF5, NXmx geometry so DIALS/silx/albula open it):
+  /entry/...                        NXmx: beam (per-frame central wavelength), detector, module chain
+  /entry/data/data                  (n, slow, fast) float32 expected photons, bitshuffle-LZ4 (hdf5plugin)
+  /braggflow/frames/<name>          per-frame draws: frame_index, seed, A_matrix (DIALS lab frame, 1/A),
+                                    U, ncells, mosaic_umats, wavelengths_angstrom, weights,
+                                    central_wavelength_angstrom, fluence_photons_per_m2, total_photons,
+                                    stored_photons (after the min_stored_photons floor)
+  /braggflow/truth/<column>         reflections of all frames: frame_index, h, k, l, d_angstrom,
+                                    x_px, y_px (DIALS fast/slow), photons, peak_fraction
+Attributes on /braggflow: structure, dataset, simulation settings (JSON), software versions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from . import __version__
+from .beam import Beam
+from .draws import DrawConfig, FrameDraws, draw_frame
+from .geometry import Geometry
+from .nxmx import DATA_PATH, nxmx_writer
+from .sf import dense_amplitude_table, read_mtz
+from .simulator import FlatDetector, StructureFactorTable, get_array_module, simulate_still, to_numpy, truth_reflections
+
+DRAW_KEYS = ("ncells", "ncells_per_axis", "mosaic_spread_deg", "mosaic_domains", "mosaic_model", "spectrum_shape",
+             "bandwidth_frac", "spectrum_samples", "energy_jitter_rel_sigma", "fluence_rel_sigma")
+TRUTH_COLUMNS = ("frame_index", "h", "k", "l", "d_angstrom", "x_px", "y_px", "photons", "peak_fraction")
+# Shards hold float photons read only by braggflow: Eiger's bitshuffle-LZ4 (hdf5plugin) keeps them small.
+SHARD_COMPRESSION = dict(hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
+DEFAULT_MAX_DETECTOR_BYTES = 4 * 2**30
+# The simulator treats the sensor as thin (no parallax). The files say so, so that DIALS applies no
+# sensor-depth correction either: dxtbx needs a positive thickness, and 0.1 um shifts spots < 0.001 px.
+THIN_SENSOR_MM = 1e-4
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """The config's ``simulation`` block, validated, for one dataset."""
+
+    draws: DrawConfig
+    oversample: int
+    crystal_shape: str
+    backend: str
+    rel_tol: float
+    min_stored_photons: float = 0.0  # pixels below are stored as 0: sub-photon tails do not compress
+
+    @classmethod
+    def from_config(cls, sim: dict[str, Any], geometry: Geometry, beam: Beam) -> "SimulationSettings":
+        try:
+            draws = DrawConfig(wavelength_A=geometry.wavelength_angstrom,
+                               fluence_photons_per_m2=beam.fluence_per_m2, **{k: sim[k] for k in DRAW_KEYS})
+        except ValueError as exc:
+            raise ValueError(f"config key 'simulation': {exc}") from None
+        return cls(draws, int(sim["oversample"]), sim["crystal_shape"], sim["backend"], float(sim["rel_tol"]),
+                   float(sim["min_stored_photons"]))
+
+
+def b_matrix(cell: tuple[float, float, float, float, float, float]) -> np.ndarray:
+    """DIALS/cctbx B: the transposed fractionalization matrix (columns a*, b*, c*, 1/A)."""
+    import gemmi
+
+    return np.array(gemmi.UnitCell(*cell).frac.mat).T
+
+
+def flat_detector(geometry: Geometry) -> FlatDetector:
+    return FlatDetector.from_beam_center(geometry.camera_length_m * 1e3, geometry.beam_center_px,
+                                         geometry.pixel_size_m * 1e3, geometry.n_fast, geometry.n_slow)
+
+
+def load_structure_factors(mtz_path: str | Path) -> tuple[StructureFactorTable, tuple]:
+    dense, lo = dense_amplitude_table(mtz_path)
+    mtz = read_mtz(mtz_path)[0]
+    return StructureFactorTable(dense, lo, 0.0), tuple(mtz.cell.parameters)
+
+
+def frame_indices(shard: int, frames_per_shard: int, frames_per_dataset: int) -> range:
+    first = shard * frames_per_shard
+    if not 0 <= first < frames_per_dataset:
+        raise ValueError(f"shard {shard} is outside the {frames_per_dataset} frames of this dataset")
+    return range(first, min(first + frames_per_shard, frames_per_dataset))
+
+
+def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, detector: FlatDetector,
+                   settings: SimulationSettings, beam: Beam, xp) -> tuple[np.ndarray, Any]:
+    a_matrix = draws.orientation @ b
+    kwargs = dict(A_matrix=a_matrix, detector=detector, structure_factors=sf, wavelengths_A=draws.wavelengths_A,
+                  weights=draws.weights, mosaic_umats=draws.mosaic_umats, ncells=draws.ncells,
+                  shape=settings.crystal_shape, fluence_photons_per_m2=draws.fluence_photons_per_m2,
+                  oversample=settings.oversample, kahn_factor=beam.kahn_factor,
+                  polarization_axis=(np.cos(beam.polarization_angle_rad), np.sin(beam.polarization_angle_rad), 0.0),
+                  xp=xp)
+    image = simulate_still(rel_tol=settings.rel_tol, **kwargs)
+    truth = truth_reflections(image=image, **kwargs)
+    return to_numpy(image).astype(np.float32), truth
+
+
+def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, beam: Beam, settings: SimulationSettings,
+                seed: int, dataset: str, dataset_index: int, frames: range, structure: str,
+                max_detector_bytes: int = DEFAULT_MAX_DETECTOR_BYTES, log=None) -> dict[str, float]:
+    """Simulate ``frames`` and write the shard atomically; returns timing figures."""
+    if geometry.n_fast * geometry.n_slow * 20 > max_detector_bytes:
+        raise ValueError(f"detector {geometry.n_fast}x{geometry.n_slow} px needs more than the memory limit of "
+                         f"{max_detector_bytes / 2**30:.1f} GiB per frame")
+    xp = get_array_module(settings.backend)
+    sf, cell = load_structure_factors(mtz_path)
+    b = b_matrix(cell)
+    det = flat_detector(geometry)
+    draws = [draw_frame(settings.draws, seed, dataset_index, i) for i in frames]
+    n = len(draws)
+    truth_rows: dict[str, list[np.ndarray]] = {c: [] for c in TRUTH_COLUMNS}
+    totals = np.zeros(n)
+    stored = np.zeros(n)
+    seconds = []
+    with nxmx_writer(path, geometry, n, np.float32, [d.central_wavelength_A for d in draws],
+                     mask=geometry.gap_mask().astype(np.int32), compression=SHARD_COMPRESSION,
+                     sensor_thickness_mm=THIN_SENSOR_MM) as (f, data):
+        for i, d in enumerate(draws):
+            t0 = time.perf_counter()
+            image, truth = simulate_frame(d, b, sf, det, settings, beam, xp)
+            seconds.append(time.perf_counter() - t0)
+            totals[i] = float(image.sum(dtype=np.float64))
+            image[image < settings.min_stored_photons] = 0.0
+            stored[i] = float(image.sum(dtype=np.float64))
+            data[i] = image
+            m = len(truth)
+            truth_rows["frame_index"].append(np.full(m, d.frame_index, np.int64))
+            for j, c in enumerate("hkl"):
+                truth_rows[c].append(truth.hkl[:, j])
+            truth_rows["d_angstrom"].append(truth.d_A)
+            truth_rows["x_px"].append(truth.x_px)
+            truth_rows["y_px"].append(truth.y_px)
+            truth_rows["photons"].append(truth.photons)
+            truth_rows["peak_fraction"].append(truth.peak_fraction)
+            if log:
+                log.info("frame %d: N=%s, %d sources, %d domains, fluence %.3g /m^2: %.4g photons, %d reflections, "
+                         "%.2f s", d.frame_index, d.ncells, len(d.wavelengths_A), len(d.mosaic_umats),
+                         d.fluence_photons_per_m2, totals[i], m, seconds[-1])
+        g = f.create_group("braggflow")
+        g.attrs["structure"] = structure
+        g.attrs["dataset"] = dataset
+        g.attrs["simulation"] = json.dumps({"draws": _jsonable(settings.draws.__dict__), "oversample": settings.oversample,
+                                            "crystal_shape": settings.crystal_shape, "rel_tol": settings.rel_tol,
+                                            "min_stored_photons": settings.min_stored_photons,
+                                            "beam": beam.as_dict()}, sort_keys=True)
+        g.attrs["versions"] = json.dumps({"braggflow": __version__, "numpy": np.__version__, "h5py": h5py.__version__})
+        g.attrs["units"] = "expected photons per pixel (no noise, no background)"
+        fr = g.create_group("frames")
+        fr["frame_index"] = np.array([d.frame_index for d in draws], np.int64)
+        fr["seed"] = np.array([[d.seed, d.dataset_index, d.frame_index] for d in draws], np.int64)
+        fr["U"] = np.stack([d.orientation for d in draws])
+        fr["A_matrix"] = np.stack([d.orientation @ b for d in draws])
+        fr["ncells"] = np.array([d.ncells for d in draws], np.int64)
+        fr["mosaic_umats"] = np.stack([d.mosaic_umats for d in draws])
+        fr["wavelengths_angstrom"] = np.stack([d.wavelengths_A for d in draws])
+        fr["weights"] = np.stack([d.weights for d in draws])
+        fr["central_wavelength_angstrom"] = np.array([d.central_wavelength_A for d in draws])
+        fr["fluence_photons_per_m2"] = np.array([d.fluence_photons_per_m2 for d in draws])
+        fr["total_photons"] = totals
+        fr["stored_photons"] = stored
+        tr = g.create_group("truth")
+        for c in TRUTH_COLUMNS:
+            tr.create_dataset(c, data=np.concatenate(truth_rows[c]) if n else np.zeros(0), compression="gzip")
+    return {"frames": n, "seconds_per_frame": float(np.mean(seconds)) if seconds else 0.0}
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (dict(v) if hasattr(v, "items") else v) for k, v in d.items()}
+
+
+def read_shard_frames(path: str | Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: v[()] for k, v in f["braggflow/frames"].items()}
+
+
+def read_truth(path: str | Path):
+    import pandas as pd
+
+    with h5py.File(path, "r") as f:
+        return pd.DataFrame({c: f["braggflow/truth"][c][()] for c in TRUTH_COLUMNS})
+
+
+def read_images(path: str | Path, frames: slice | None = None) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f[DATA_PATH][frames if frames is not None else slice(None)]
