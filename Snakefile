@@ -10,6 +10,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 # Name the wrong key and what is allowed; then Snakemake's check, which also fills in defaults.
 check_config(config, Path(workflow.basedir) / "config/config.schema.yaml")
 validate(config, "config/config.schema.yaml")
@@ -19,6 +22,7 @@ include: "rules/common.smk"
 include: "rules/structures.smk"
 include: "rules/backgrounds.smk"
 include: "rules/simulate.smk"
+include: "rules/overlays.smk"
 
 
 rule all:

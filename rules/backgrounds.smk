@@ -9,6 +9,8 @@ rule geometry:
         geometry=lambda wc: geometry_of(wc.dataset).as_dict(),
     log:
         "logs/geometry/{dataset}.log",
+    conda:
+        "../envs/braggflow.yaml"
     script:
         "../workflow/scripts/geometry.py"
 
@@ -32,5 +34,7 @@ rule water_background:
         "logs/backgrounds/{dataset}.log",
     benchmark:
         "results/benchmarks/water_background/{dataset}.tsv"
+    conda:
+        "../envs/braggflow.yaml"
     script:
         "../workflow/scripts/water_background.py"

@@ -1,4 +1,10 @@
 # Dataset matrix, path helpers, input functions and wildcard constraints shared by every stage.
+import os
+
+# Jobs import braggflow from this checkout whatever environment runs them (conda envs, containers, SLURM jobs).
+# (Set here, not required from the user, so no envvars: directive.)
+_SRC, _PATH_VAR = os.path.join(workflow.basedir, "src"), "PYTHONPATH"
+os.environ[_PATH_VAR] = os.pathsep.join(p for p in (_SRC, os.environ.get(_PATH_VAR, "")) if p)
 from braggflow.config import check_structure_files
 from braggflow.geometry import dataset_geometry
 from braggflow.matrix import DATASET_RE, ENERGY_LABEL_RE, energies, expand_matrix
@@ -55,9 +61,7 @@ N_SHARDS = -(-SIM["frames_per_dataset"] // SIM["frames_per_shard"])
 def check_simulation_structures():
     unknown = [s for s in SIM_STRUCTURES if s not in config["structures"]]
     if unknown:
-        raise ValueError(
-            f"config key 'simulation.structures': {unknown} not among structures {STRUCTURES}"
-        )
+        raise ValueError(f"config key 'simulation.structures': {unknown} not among structures {STRUCTURES}")
 
 
 check_simulation_structures()
@@ -86,6 +90,11 @@ def simulation_gpus():
     return 0
 
 
+def simulation_conda_env():
+    """The CuPy environment where the simulator may use a GPU, else the CPU one."""
+    return "../envs/braggflow.yaml" if SIM["backend"] == "numpy" else "../envs/braggflow-gpu.yaml"
+
+
 def simulated_shards(structure, dataset):
     return expand(
         "results/simulated/{structure}/{dataset}/shard_{shard}.h5",
@@ -93,6 +102,20 @@ def simulated_shards(structure, dataset):
         dataset=dataset,
         shard=shard_names(),
     )
+
+
+def overlay_shards(structure, dataset):
+    return expand(
+        "results/overlays/{structure}/{dataset}/shard_{shard}.h5",
+        structure=structure,
+        dataset=dataset,
+        shard=shard_names(),
+    )
+
+
+def nominal_fluence_per_m2():
+    width_um, height_um = config["beam"]["size_um"]
+    return config["beam"]["photons_per_pulse"] / (width_um * height_um * 1e-12)
 
 
 def all_targets():
@@ -106,5 +129,6 @@ def all_targets():
         all_sf_mtz()
         + ["results/structure_factors/summary.tsv", "results/structure_factors/resolution_shells.png"]
         + expand(per_dataset, dataset=DATASETS)
-        + [f for s in SIM_STRUCTURES for d in DATASETS for f in simulated_shards(s, d)]
+        + [f for s in SIM_STRUCTURES for d in DATASETS for f in overlay_shards(s, d)]
+        + expand("results/overlays/{structure}/{dataset}/gallery.png", structure=SIM_STRUCTURES, dataset=DATASETS)
     )

@@ -19,5 +19,7 @@ rule simulate:
         "logs/simulate/{structure}/{dataset}/shard_{shard}.log",
     benchmark:
         "results/benchmarks/simulate/{structure}/{dataset}/shard_{shard}.tsv"
+    conda:
+        simulation_conda_env()
     script:
         "../workflow/scripts/simulate.py"

@@ -14,6 +14,8 @@ rule structure_factors:
         "logs/structure_factors/{structure}/{energy}keV.log",
     benchmark:
         "results/benchmarks/structure_factors/{structure}/{energy}keV.tsv"
+    conda:
+        "../envs/braggflow.yaml"
     script:
         "../workflow/scripts/structure_factors.py"
 
@@ -36,5 +38,7 @@ rule structure_factor_summary:
         labels=[(s, ENERGIES[e]) for s in STRUCTURES for e in ENERGIES],
     log:
         "logs/structure_factors/summary.log",
+    conda:
+        "../envs/braggflow.yaml"
     script:
         "../workflow/scripts/structure_factor_summary.py"

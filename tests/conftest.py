@@ -36,3 +36,40 @@ def system_python_with(module: str) -> str | None:
         return None
     ok = subprocess.run([exe, "-c", f"import {module}"], capture_output=True).returncode == 0
     return exe if ok else None
+
+
+SMALL_DETECTOR = {"pyfai_name": "Eiger1M", "beam_center_px": [500.3, 540.7], "sensor_material": "Si",
+                  "sensor_thickness_mm": 0.45}
+
+
+def small_geometry(energy_kev: float = 7.0, camera_length_m: float = 0.1, index: int = 4):
+    """An Eiger 1M (with module gaps) at 100 mm: every stage in seconds."""
+    from braggflow.geometry import dataset_geometry
+    from braggflow.matrix import Dataset, dataset_name
+
+    return dataset_geometry({"detector": SMALL_DETECTOR},
+                            Dataset(dataset_name(energy_kev, camera_length_m), energy_kev, camera_length_m, index))
+
+
+@pytest.fixture(scope="session")
+def mtz_1ic6_7kev(tmp_path_factory):
+    """1IC6 structure factors at 7 keV to the small geometry's corner resolution."""
+    from braggflow.sf import compute_sf_table, write_mtz
+    from braggflow.structures import read_structure
+
+    model = read_structure(RESOURCES / "structures/1ic6.pdb")
+    path = tmp_path_factory.mktemp("sf") / "7keV.mtz"
+    write_mtz(path, model, compute_sf_table(model, 7.0, 0.95 * small_geometry().d_min_angstrom()), 7.0)
+    return path
+
+
+TINY = ROOT / "tests/configs/tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The whole workflow on tests/configs/tiny.yaml, once per test session (workflow and report tests share it)."""
+    work = tmp_path_factory.mktemp("tiny")
+    res = run_snakemake(work, configfile=TINY)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    return work

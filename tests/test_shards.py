@@ -8,14 +8,10 @@ import pytest
 
 from braggflow.beam import Beam
 from braggflow.errors import InputError
-from braggflow.geometry import dataset_geometry
-from braggflow.matrix import Dataset
 from braggflow.nxmx import nxmx_writer
-from braggflow.sf import compute_sf_table, write_mtz
 from braggflow.shards import (THIN_SENSOR_MM, SimulationSettings, read_images, read_shard_frames, read_truth,
                               write_shard)
-from braggflow.structures import read_structure
-from conftest import RESOURCES, ROOT, system_python_with
+from conftest import ROOT, small_geometry, system_python_with
 
 BEAM = Beam(1e12, (1e-6, 1e-6), 0.99, 0.0)
 SIM = {"oversample": 1, "crystal_shape": "square", "backend": "numpy", "rel_tol": 2e-4, "min_stored_photons": 1e-4,
@@ -24,22 +20,13 @@ SIM = {"oversample": 1, "crystal_shape": "square", "backend": "numpy", "rel_tol"
        "spectrum_samples": 3, "energy_jitter_rel_sigma": 5e-4, "fluence_rel_sigma": 0.1}
 
 
-def geometry(energy_kev=7.0):
-    cfg = {"detector": {"pyfai_name": "Eiger1M", "beam_center_px": [500.3, 540.7], "sensor_material": "Si",
-                        "sensor_thickness_mm": 0.45}}
-    return dataset_geometry(cfg, Dataset("7keV_100mm", energy_kev, 0.1, 4))
-
-
 @pytest.fixture(scope="module")
-def mtz(tmp_path_factory):
-    model = read_structure(RESOURCES / "structures/1ic6.pdb")
-    path = tmp_path_factory.mktemp("sf") / "7keV.mtz"
-    write_mtz(path, model, compute_sf_table(model, 7.0, 0.95 * geometry().d_min_angstrom()), 7.0)
-    return path
+def mtz(mtz_1ic6_7kev):
+    return mtz_1ic6_7kev
 
 
 def shard(path, mtz, frames, sim=SIM, **kw):
-    g = geometry()
+    g = small_geometry()
     settings = SimulationSettings.from_config(sim, g, BEAM)
     return write_shard(path, mtz_path=mtz, geometry=g, beam=BEAM, settings=settings, seed=11, dataset="7keV_100mm",
                        dataset_index=4, frames=frames, structure="1ic6", **kw)
@@ -93,7 +80,7 @@ def test_dials_predicts_the_simulated_spot_positions(tmp_path, mtz, case):
                                              energy_jitter_rel_sigma=0.0, crystal_shape="round")
     shard(tmp_path / "s.h5", mtz, range(0, 3), sim=sim)
     frames, truth = read_shard_frames(tmp_path / "s.h5"), read_truth(tmp_path / "s.h5")
-    g = geometry()
+    g = small_geometry()
     # The same geometry and thin sensor DIALS would read from the overlay files, integer frames.
     with nxmx_writer(tmp_path / "f.h5", g, 3, np.int32, frames["central_wavelength_angstrom"],
                      sensor_thickness_mm=THIN_SENSOR_MM) as (_, d):

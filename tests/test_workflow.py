@@ -6,10 +6,9 @@ import gemmi
 import pytest
 import yaml
 
-from conftest import ROOT, SNAKEMAKE, run_snakemake
+from conftest import ROOT, SNAKEMAKE, TINY, run_snakemake
 
 pytestmark = pytest.mark.slow
-TINY = ROOT / "tests/configs/tiny.yaml"
 
 
 def test_default_config_dry_run_succeeds():
@@ -18,14 +17,6 @@ def test_default_config_dry_run_succeeds():
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     for name in ("structure_factors", "structure_factor_summary"):
         assert name in res.stdout + res.stderr
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("tiny")
-    res = run_snakemake(work, configfile=TINY)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
-    return work
 
 
 def test_tiny_config_produces_mtz_files(tiny_run):
@@ -67,12 +58,22 @@ def test_tiny_config_simulates_sharded_frames_with_truth(tiny_run):
         assert set(truth.frame_index) == {0, 1} and (truth.photons > 0).sum() > 5
 
 
+def test_tiny_config_overlays_frames_with_labels_and_a_gallery(tiny_run):
+    from braggflow.overlay import read_overlay_frames
+
+    for dataset in ("7keV_100mm", "8keV_100mm"):
+        frames = [read_overlay_frames(tiny_run / f"results/overlays/1ic6/{dataset}/shard_{i:04d}.h5") for i in (0, 1)]
+        assert [f.frame_index.tolist() for f in frames] == [[0, 1], [2]]
+        gallery = tiny_run / f"results/overlays/1ic6/{dataset}/gallery.png"
+        assert gallery.stat().st_size > 20_000
+
+
 def test_rerun_gives_the_same_bytes(tiny_run, tmp_path):
     res = run_snakemake(tmp_path, configfile=TINY)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     for rel in ("results/structure_factors/pb/8keV.mtz", "results/structure_factors/summary.tsv",
                 "results/backgrounds/7keV_100mm/water.h5", "results/geometry/8keV_100mm/8keV_100mm.geom",
-                "results/simulated/1ic6/8keV_100mm/shard_0001.h5"):
+                "results/simulated/1ic6/8keV_100mm/shard_0001.h5", "results/overlays/1ic6/7keV_100mm/shard_0000.h5"):
         assert (tmp_path / rel).read_bytes() == (tiny_run / rel).read_bytes(), rel
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .atomicplot import save_figure
 from .io import atomic_path
 from .structures import CrystalModel
 
@@ -276,6 +277,4 @@ def plot_resolution_shells(path: str | Path, shells: dict[tuple[str, float], pd.
     ax1.set(yscale="log", xlabel="1/d$^2$ (1/Å$^2$)", ylabel="<|F|> (electrons)", title="Mean amplitude per shell")
     ax2.set(xlabel="1/d$^2$ (1/Å$^2$)", ylabel="<| |F+| - |F-| |> / <|F|> (%)", title="Bijvoet ratio per shell")
     ax1.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

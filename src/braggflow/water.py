@@ -21,6 +21,7 @@ import pandas as pd
 from .beam import Beam
 from .errors import InputError
 from .geometry import Geometry
+from .atomicplot import save_figure
 from .io import atomic_path
 from .units import R_E_SQUARED_M2
 
@@ -145,6 +146,4 @@ def plot_background(path: str | Path, bg: WaterBackground, title: str = "") -> N
     ax2.axvline(2.05, color="grey", ls=":", label="q = 2.05 1/Å (water peak)")
     ax2.set(xlabel="q (1/Å)", ylabel="mean photons / pixel", title="azimuthal average")
     ax2.legend()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)

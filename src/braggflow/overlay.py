@@ -1,0 +1,290 @@
+"""Detector frames from Bragg-only photons plus water: the images DIALS and the CNNs see, with labels.
+
+counts = round(gain * Poisson(bragg * hit + water * jet_factor * fluence_factor) + N(0, readout_noise)),
+clipped to [0, saturation]; module gaps and bad pixels are written as -1 (untrusted) and marked in the
+NXmx pixel_mask. ``fluence_factor`` is the frame's drawn fluence over the nominal one (the same draw that
+scaled the Bragg photons); ``jet_factor`` is a per-frame lognormal jitter of the jet thickness.
+
+Labels (from the noise-free images):
+  peak mask: bragg >= label_nsigma * sqrt(background) and bragg >= label_min_photons, with
+             background = water photons of the frame + (readout_noise / gain)^2  (photon units), i.e. a
+             pixel is "peak" where the expected Bragg signal stands label_nsigma standard deviations of
+             the background noise above it and carries at least label_min_photons;
+  truth:     the simulated reflections of hit frames, with visible = a peak pixel within 1 px of the
+             predicted position. Blank frames (no crystal) have hit = 0, no peaks and no reflections;
+  n_peaks:   visible reflections per frame; n_label_regions: connected regions of the peak mask
+             (8-connectivity), which also counts the lattice transform's side maxima where they are strong.
+
+Randomness per frame from SeedSequence([seed, dataset, frame, OVERLAY_STREAM]) (independent of the
+simulation's stream and of the shard size); bad pixels, a detector property, from SeedSequence([seed,
+BAD_PIXEL_STREAM]) and so the same in every dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .errors import InputError
+from .geometry import Geometry
+from .nxmx import DATA_PATH, GAP_BIT, nxmx_writer
+from .shards import THIN_SENSOR_MM, TRUTH_COLUMNS, read_shard_frames, read_truth
+from .water import read_background
+
+OVERLAY_STREAM = 1
+BAD_PIXEL_STREAM = 0xBAD
+DEAD_BIT = 2  # NeXus pixel_mask bit 1: dead pixel
+UNTRUSTED_VALUE = -1
+
+
+@dataclass(frozen=True)
+class OverlaySettings:
+    blank_fraction: float
+    jet_thickness_rel_sigma: float
+    adu_per_photon: float
+    readout_noise_adu: float
+    saturation_adu: int
+    bad_pixel_fraction: float
+    label_nsigma: float
+    label_min_photons: float
+
+    def __post_init__(self):
+        checks = {
+            "blank_fraction": 0 <= self.blank_fraction < 1,
+            "jet_thickness_rel_sigma": 0 <= self.jet_thickness_rel_sigma < 5,
+            "adu_per_photon": self.adu_per_photon > 0,
+            "readout_noise_adu": self.readout_noise_adu >= 0,
+            "saturation_adu": 1 <= self.saturation_adu < 2**31,
+            "bad_pixel_fraction": 0 <= self.bad_pixel_fraction < 0.5,
+            "label_nsigma": self.label_nsigma >= 0,
+            "label_min_photons": self.label_min_photons > 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"config key 'overlay.{key}': value {getattr(self, key)!r} is out of range")
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "OverlaySettings":
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+
+
+def bad_pixel_mask(shape: tuple[int, int], fraction: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, BAD_PIXEL_STREAM]))
+    return rng.random(shape) < fraction
+
+
+def frame_rng(seed: int, dataset_index: int, frame_index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, dataset_index, frame_index, OVERLAY_STREAM]))
+
+
+def _same_experiment(peaks: Geometry, water: Geometry, peaks_path, water_path) -> None:
+    problems = []
+    if (peaks.n_slow, peaks.n_fast) != (water.n_slow, water.n_fast):
+        problems.append(f"detector shape {peaks.n_slow}x{peaks.n_fast} vs {water.n_slow}x{water.n_fast}")
+    for name, unit in (("energy_kev", "keV"), ("camera_length_m", "m"), ("pixel_size_m", "m")):
+        a, b = getattr(peaks, name), getattr(water, name)
+        if not math.isclose(a, b, rel_tol=1e-9):
+            problems.append(f"{name} {a:g} {unit} vs {b:g} {unit}")
+    if not np.allclose(peaks.beam_center_px, water.beam_center_px, atol=1e-9):
+        problems.append(f"beam centre {peaks.beam_center_px} vs {water.beam_center_px}")
+    if problems:
+        raise InputError(peaks_path, f"peaks shard and water background {water_path} describe different "
+                                     f"experiments: {'; '.join(problems)}")
+
+
+@dataclass
+class OverlayFrame:
+    counts: np.ndarray  # (slow, fast) int32
+    label: np.ndarray  # (slow, fast) bool
+    water: np.ndarray  # (slow, fast) float32 expected water photons of this frame
+    params: dict[str, float]
+
+
+def overlay_frame(bragg: np.ndarray, water: np.ndarray, untrusted: np.ndarray, hit: bool, jet_factor: float,
+                  fluence_factor: float, s: OverlaySettings, rng: np.random.Generator) -> OverlayFrame:
+    water_frame = (water * (jet_factor * fluence_factor)).astype(np.float32)
+    signal = bragg.astype(np.float64) if hit else np.zeros(bragg.shape)
+    photons = rng.poisson(signal + water_frame)
+    adu = s.adu_per_photon * photons
+    if s.readout_noise_adu > 0:
+        adu = adu + rng.normal(0.0, s.readout_noise_adu, size=adu.shape)
+    counts = np.clip(np.rint(adu), 0, s.saturation_adu).astype(np.int32)
+    counts[untrusted] = UNTRUSTED_VALUE
+    background = water_frame + (s.readout_noise_adu / s.adu_per_photon) ** 2
+    label = (signal >= s.label_nsigma * np.sqrt(background)) & (signal >= s.label_min_photons) & ~untrusted
+    params = {"hit": int(hit), "jet_factor": jet_factor, "fluence_factor": fluence_factor,
+              "water_photons": float(water_frame[~untrusted].sum(dtype=np.float64)),
+              "bragg_photons": float(signal[~untrusted].sum())}
+    return OverlayFrame(counts, label, water_frame, params)
+
+
+def write_overlay(path: str | Path, *, peaks_path: str | Path, water_path: str | Path, settings: OverlaySettings,
+                  seed: int, dataset_index: int, nominal_fluence_per_m2: float, log=None) -> dict[str, Any]:
+    peaks_path, water_path = Path(peaks_path), Path(water_path)
+    bg = read_background(water_path)
+    with h5py.File(peaks_path, "r") as f:
+        peaks_geometry = Geometry.from_dict(json.loads(f["entry/braggflow_geometry"][()]))
+        n_frames = f[DATA_PATH].shape[0]
+        structure, dataset = f["braggflow"].attrs["structure"], f["braggflow"].attrs["dataset"]
+    _same_experiment(peaks_geometry, bg.geometry, peaks_path, water_path)
+    frames = read_shard_frames(peaks_path)
+    truth = read_truth(peaks_path)
+    bad = bad_pixel_mask(bg.photons.shape, settings.bad_pixel_fraction, seed)
+    pixel_mask = bg.mask.astype(np.int32) * GAP_BIT + (bad & ~bg.mask).astype(np.int32) * DEAD_BIT
+    untrusted = pixel_mask != 0
+    per_frame: list[dict] = []
+    labels_truth = []
+    geometry = peaks_geometry
+    with nxmx_writer(path, geometry, n_frames, np.int32, frames["central_wavelength_angstrom"], mask=pixel_mask,
+                     saturation_value=settings.saturation_adu, sensor_thickness_mm=THIN_SENSOR_MM) as (f, data):
+        label_ds = f.create_group("braggflow/labels").create_dataset(
+            "peak_mask", shape=data.shape, dtype=np.uint8, chunks=(1,) + data.shape[1:], compression="gzip",
+            compression_opts=4)
+        with h5py.File(peaks_path, "r") as src:
+            for i in range(n_frames):
+                frame_index = int(frames["frame_index"][i])
+                rng = frame_rng(seed, dataset_index, frame_index)
+                hit = bool(rng.random() >= settings.blank_fraction)
+                sig = math.sqrt(math.log1p(settings.jet_thickness_rel_sigma**2))
+                jet_factor = math.exp(sig * rng.standard_normal() - 0.5 * sig * sig)  # lognormal, mean 1
+                fluence_factor = float(frames["fluence_photons_per_m2"][i]) / nominal_fluence_per_m2
+                fr = overlay_frame(src[DATA_PATH][i], bg.photons, untrusted, hit, jet_factor, fluence_factor,
+                                   settings, rng)
+                data[i] = fr.counts
+                label_ds[i] = fr.label.astype(np.uint8)
+                n_regions = int(ndimage.label(fr.label, structure=np.ones((3, 3)))[1])
+                t = truth[truth.frame_index == frame_index].copy() if hit else truth.iloc[0:0].copy()
+                t["visible"] = _visible(t, fr.label)
+                labels_truth.append(t)
+                per_frame.append({"frame_index": frame_index, **fr.params, "n_peaks": int(t["visible"].sum()),
+                                  "n_label_regions": n_regions})
+                if log:
+                    log.info("frame %d: hit=%d, %d visible reflections, %d label regions, water %.3g photons, "
+                             "jet x%.3f, fluence x%.3f", frame_index, hit, int(t["visible"].sum()), n_regions,
+                             fr.params["water_photons"], jet_factor, fluence_factor)
+        g = f["braggflow"]
+        g.attrs["structure"], g.attrs["dataset"] = structure, dataset
+        g.attrs["overlay"] = json.dumps(asdict(settings), sort_keys=True)
+        g.create_dataset("water_photons", data=bg.photons, compression="gzip", compression_opts=4, shuffle=True)
+        g.attrs["sources"] = json.dumps({"peaks": peaks_path.name, "water": water_path.name})
+        g.attrs["label_rule"] = ("peak where bragg >= label_nsigma * sqrt(water + (readout_noise/gain)^2) and "
+                                 "bragg >= label_min_photons (photons, noise-free)")
+        table = pd.DataFrame(per_frame)
+        fg = g.create_group("frames")
+        for col in table.columns:
+            fg[col] = table[col].to_numpy()
+        for key in ("A_matrix", "ncells", "wavelengths_angstrom", "weights", "fluence_photons_per_m2", "seed"):
+            fg[key] = frames[key]
+        tg = g.create_group("truth")
+        all_truth = pd.concat(labels_truth, ignore_index=True)
+        for col in (*TRUTH_COLUMNS, "visible"):
+            tg.create_dataset(col, data=all_truth[col].to_numpy(), compression="gzip")
+    return {"frames": n_frames, "hits": int(table.hit.sum()), "mean_peaks_per_hit":
+            float(table.n_peaks[table.hit == 1].mean()) if table.hit.any() else 0.0}
+
+
+def _visible(truth: pd.DataFrame, label: np.ndarray) -> np.ndarray:
+    """A reflection is visible when a peak pixel lies within 1 px (3x3) of its predicted position."""
+    if len(truth) == 0:
+        return np.zeros(0, dtype=bool)
+    grown = ndimage.binary_dilation(label, structure=np.ones((3, 3), bool))
+    x = np.clip(np.floor(truth.x_px.to_numpy()).astype(int), 0, label.shape[1] - 1)
+    y = np.clip(np.floor(truth.y_px.to_numpy()).astype(int), 0, label.shape[0] - 1)
+    return grown[y, x]
+
+
+def read_overlay_frames(path: str | Path) -> pd.DataFrame:
+    with h5py.File(path, "r") as f:
+        g = f["braggflow/frames"]
+        return pd.DataFrame({k: g[k][()] for k in g if g[k].ndim == 1})
+
+
+def read_overlay_truth(path: str | Path) -> pd.DataFrame:
+    with h5py.File(path, "r") as f:
+        return pd.DataFrame({k: f["braggflow/truth"][k][()] for k in (*TRUTH_COLUMNS, "visible")})
+
+
+def read_counts(path: str | Path, frame: int) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f[DATA_PATH][frame]
+
+
+def read_label(path: str | Path, frame: int) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["braggflow/labels/peak_mask"][frame].astype(bool)
+
+
+def plot_gallery(path: str | Path, overlay_paths: list[str | Path], max_frames: int = 3, title: str = "") -> None:
+    """Per frame: counts, counts with the peak labels, the frame's expected water, and a zoom on peaks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .atomicplot import save_figure
+
+    chosen = []
+    for p in overlay_paths:
+        frames = read_overlay_frames(p)
+        for i, row in frames.iterrows():
+            chosen.append((p, i, row))
+    hits = [c for c in chosen if c[2].hit == 1][: max(1, max_frames - 1)]
+    blanks = [c for c in chosen if c[2].hit == 0][:1]
+    chosen = (hits + blanks)[:max_frames] or chosen[:max_frames]
+    fig, axes = plt.subplots(len(chosen), 4, figsize=(17, 4.3 * len(chosen)), squeeze=False)
+    for row_axes, (p, i, info) in zip(axes, chosen):
+        counts = read_counts(p, i).astype(float)
+        label = read_label(p, i)
+        with h5py.File(p, "r") as f:
+            water = f["braggflow/water_photons"][()] * (info.jet_factor * info.fluence_factor)
+        shown = np.where(counts < 0, np.nan, counts)
+        # Block maxima keep 1-3 px spots visible when a 2000-px frame is drawn in 300 screen pixels.
+        small, small_label = _block_max(shown, 4), _block_max(label.astype(float), 4) > 0
+        vmax = max(float(np.nanpercentile(small, 99.9)), 1.0)
+        kw = dict(cmap="gray_r", interpolation="nearest", vmin=0, vmax=np.arcsinh(vmax))
+        row_axes[0].imshow(np.arcsinh(small), **kw)
+        row_axes[0].set_title(f"frame {int(info.frame_index)} ({'hit' if info.hit else 'blank'}): counts, "
+                              "4x4 max, asinh", fontsize=9)
+        row_axes[1].imshow(np.arcsinh(small), **kw)
+        ys, xs = np.nonzero(small_label)
+        row_axes[1].scatter(xs, ys, s=2, c="red", marker="s", linewidths=0)
+        row_axes[1].set_title(f"peak labels: {int(info.n_peaks)} visible reflections", fontsize=9)
+        row_axes[2].imshow(np.where(np.isnan(shown), np.nan, water), cmap="magma", interpolation="nearest")
+        row_axes[2].set_title(f"water only (expected): jet x{info.jet_factor:.2f}, fluence x{info.fluence_factor:.2f}",
+                              fontsize=9)
+        if label.any():
+            cy, cx = np.unravel_index(np.argmax(np.where(label, np.nan_to_num(shown), -1)), label.shape)
+        else:
+            cy, cx = label.shape[0] // 2, label.shape[1] // 2
+        h = 40
+        y0, x0 = max(cy - h, 0), max(cx - h, 0)
+        crop = shown[y0:cy + h, x0:cx + h]
+        row_axes[3].imshow(crop, cmap="viridis", interpolation="nearest", vmin=0,
+                           vmax=max(float(np.nanpercentile(crop, 99.5)), 1.0),
+                           extent=(x0, x0 + crop.shape[1], y0 + crop.shape[0], y0))
+        if label[y0:cy + h, x0:cx + h].any():
+            row_axes[3].contour(np.arange(x0, x0 + crop.shape[1]) + 0.5, np.arange(y0, y0 + crop.shape[0]) + 0.5,
+                                label[y0:cy + h, x0:cx + h], levels=[0.5], colors="red", linewidths=0.8)
+        row_axes[3].set_title("zoom on the strongest peak: counts, label outline", fontsize=9)
+        for ax in row_axes[:3]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+
+def _block_max(image: np.ndarray, k: int) -> np.ndarray:
+    ny, nx = image.shape[0] // k * k, image.shape[1] // k * k
+    blocks = image[:ny, :nx].reshape(ny // k, k, nx // k, k)
+    with np.errstate(all="ignore"):
+        return np.nanmax(np.nanmax(blocks, axis=3), axis=1) if np.isnan(blocks).any() else blocks.max(axis=(1, 3))
