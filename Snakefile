@@ -23,6 +23,7 @@ include: "rules/structures.smk"
 include: "rules/backgrounds.smk"
 include: "rules/simulate.smk"
 include: "rules/overlays.smk"
+include: "rules/processing.smk"
 
 
 rule all:

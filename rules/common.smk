@@ -1,4 +1,5 @@
 # Dataset matrix, path helpers, input functions and wildcard constraints shared by every stage.
+import functools
 import os
 
 # Jobs import braggflow from this checkout whatever environment runs them (conda envs, containers, SLURM jobs).
@@ -118,6 +119,32 @@ def nominal_fluence_per_m2():
     return config["beam"]["photons_per_pulse"] / (width_um * height_um * 1e-12)
 
 
+@functools.cache
+def structure_symmetry(structure):
+    """(space group, cell) read from the structure file: the known symmetry DIALS indexes with."""
+    from braggflow.structures import read_structure
+
+    model = read_structure(config["structures"][structure]["file"])
+    return model.spacegroup_hm, list(model.cell)
+
+
+def dials_phil(structure):
+    from braggflow.dials import DialsSettings, stills_phil
+
+    spacegroup, cell = structure_symmetry(structure)
+    settings = DialsSettings.from_config(config["dials"])
+    return stills_phil(spacegroup, cell, config["overlay"]["adu_per_photon"], settings)
+
+
+def dials_tables_of(structure):
+    return expand(
+        "results/dials/{structure}/{dataset}/shard_{shard}/tables.h5",
+        structure=structure,
+        dataset=DATASETS,
+        shard=shard_names(),
+    )
+
+
 def all_targets():
     per_dataset = [
         "results/geometry/{dataset}/geometry.json",
@@ -131,4 +158,20 @@ def all_targets():
         + expand(per_dataset, dataset=DATASETS)
         + [f for s in SIM_STRUCTURES for d in DATASETS for f in overlay_shards(s, d)]
         + expand("results/overlays/{structure}/{dataset}/gallery.png", structure=SIM_STRUCTURES, dataset=DATASETS)
+        + expand("results/dials/{structure}/scores.tsv", structure=SIM_STRUCTURES)
+        + ["results/benchmarks/summary.tsv"]
     )
+
+
+def benchmark_files():
+    """The benchmark file of every job that declares one (their rules' outputs, so this waits for them)."""
+    files = [f"results/benchmarks/structure_factors/{s}/{e}keV.tsv" for s in STRUCTURES for e in ENERGIES]
+    files += expand("results/benchmarks/water_background/{dataset}.tsv", dataset=DATASETS)
+    for stage in ("simulate", "overlay", "dials"):
+        files += expand(
+            f"results/benchmarks/{stage}/{{structure}}/{{dataset}}/shard_{{shard}}.tsv",
+            structure=SIM_STRUCTURES,
+            dataset=DATASETS,
+            shard=shard_names(),
+        )
+    return files

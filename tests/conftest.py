@@ -18,10 +18,11 @@ def run_snakemake(workdir: Path, *args: str, configfile: Path | None = None, tim
     if not link.exists():
         link.symlink_to(RESOURCES)
     cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
-    if configfile is not None:
+    cmd += list(args)
+    if configfile is not None:  # last: --configfile takes several values and would swallow a target
         cmd += ["--configfile", str(configfile)]
     env = dict(os.environ, PYTHONHASHSEED="0")
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -98,3 +98,12 @@ def test_bad_config_key_stops_the_dry_run_with_the_key_named(tmp_path):
     res = run_snakemake(tmp_path / "work", "-n", configfile=tmp_path / "c.yaml")
     assert res.returncode != 0
     assert "config key 'matrix.camera_lengths_m[1]': -1.0 is less than the minimum of 0.02" in res.stdout + res.stderr
+
+
+def test_benchmark_summary_covers_every_benchmarked_rule(tiny_run):
+    import pandas as pd
+
+    summary = pd.read_csv(tiny_run / "results/benchmarks/summary.tsv", sep="\t")
+    assert set(summary.rule) == {"structure_factors", "water_background", "simulate", "overlay", "dials"}
+    assert (summary.seconds_median > 0).all()
+    assert (tiny_run / "results/benchmarks/summary.png").stat().st_size > 10_000

@@ -1,0 +1,259 @@
+# CNN training per energy x camera length (peak finder, hit classifier), one energy / camera-length model across
+# the matrix, the conventional baselines on the same split, and the tables and figures that compare them.
+# GPU rules (train_peak_finder, train_hit_classifier, train_energy_distance) ask for gpu=1 where torch has CUDA.
+import importlib.util
+import os
+
+TRAINING = config["training"]
+
+
+def training_gpus():
+    """1 where training will run on CUDA, else 0. For `auto`: a CUDA build of torch is installed (looked up
+    without importing torch, which takes seconds at every parse)."""
+    if TRAINING["device"] != "auto":
+        return int(TRAINING["device"] == "cuda")
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return 0
+    lib = os.path.join(list(spec.submodule_search_locations)[0], "lib")
+    return int(os.path.exists(os.path.join(lib, "libtorch_cuda.so")))
+
+
+def training_conda_env():
+    return "../envs/braggflow.yaml" if TRAINING["device"] == "cpu" else "../envs/braggflow-gpu.yaml"
+
+
+def model_path(structure, dataset, name):
+    return f"results/models/{structure}/{dataset}/{name}"
+
+
+def per_dataset(structure, name):
+    return [model_path(structure, d, name) for d in DATASETS]
+
+
+def training_targets():
+    """Every table, figure and model card of this stage (add to all_targets())."""
+    return [
+        f
+        for s in SIM_STRUCTURES
+        for f in [
+            f"results/metrics/{s}/peak_finding.tsv",
+            f"results/metrics/{s}/learning_curves.png",
+            f"results/metrics/{s}/energy_distance.tsv",
+            f"results/metrics/{s}/energy_distance_confusion.png",
+            f"results/metrics/{s}/energy_distance_learning_curve.png",
+        ]
+        + [f"results/metrics/{s}/{d}/examples.png" for d in DATASETS]
+    ]
+
+
+rule train_peak_finder:
+    input:
+        lambda wc: overlay_shards(wc.structure, wc.dataset),
+    output:
+        weights="results/models/{structure}/{dataset}/peak_finder.pt",
+        card="results/models/{structure}/{dataset}/peak_finder.json",
+        history="results/models/{structure}/{dataset}/peak_finder_history.tsv",
+        spots="results/models/{structure}/{dataset}/peak_finder_test_spots.json",
+    params:
+        training=TRAINING,
+        seed=config["seed"],
+    threads: TRAINING["threads"]
+    resources:
+        gpu=training_gpus(),
+    log:
+        "logs/training/{structure}/{dataset}/peak_finder.log",
+    benchmark:
+        "results/benchmarks/train_peak_finder/{structure}/{dataset}.tsv"
+    conda:
+        training_conda_env()
+    script:
+        "../workflow/scripts/train_peak_finder.py"
+
+
+rule train_hit_classifier:
+    input:
+        lambda wc: overlay_shards(wc.structure, wc.dataset),
+    output:
+        weights="results/models/{structure}/{dataset}/hit_classifier.pt",
+        card="results/models/{structure}/{dataset}/hit_classifier.json",
+        history="results/models/{structure}/{dataset}/hit_classifier_history.tsv",
+    params:
+        training=TRAINING,
+        seed=config["seed"],
+    threads: TRAINING["threads"]
+    resources:
+        gpu=training_gpus(),
+    log:
+        "logs/training/{structure}/{dataset}/hit_classifier.log",
+    benchmark:
+        "results/benchmarks/train_hit_classifier/{structure}/{dataset}.tsv"
+    conda:
+        training_conda_env()
+    script:
+        "../workflow/scripts/train_hit_classifier.py"
+
+
+rule baseline_peak_finder:
+    input:
+        lambda wc: overlay_shards(wc.structure, wc.dataset),
+    output:
+        "results/models/{structure}/{dataset}/baseline_peaks.json",
+    params:
+        training=TRAINING,
+        seed=config["seed"],
+    log:
+        "logs/training/{structure}/{dataset}/baseline_peaks.log",
+    benchmark:
+        "results/benchmarks/baseline_peak_finder/{structure}/{dataset}.tsv"
+    conda:
+        "../envs/braggflow.yaml"
+    script:
+        "../workflow/scripts/baseline_peak_finder.py"
+
+
+rule energy_distance_profiles:
+    input:
+        lambda wc: [f for d in DATASETS for f in overlay_shards(wc.structure, d)],
+    output:
+        "results/features/{structure}/energy_distance_profiles.h5",
+    params:
+        training=TRAINING,
+        seed=config["seed"],
+        energies_kev=sorted(ENERGIES.values()),
+        camera_lengths_m=sorted({d.camera_length_m for d in DATASETS.values()}),
+    log:
+        "logs/training/{structure}/energy_distance_profiles.log",
+    conda:
+        "../envs/braggflow.yaml"
+    script:
+        "../workflow/scripts/energy_distance_profiles.py"
+
+
+rule train_energy_distance:
+    input:
+        "results/features/{structure}/energy_distance_profiles.h5",
+    output:
+        weights="results/models/{structure}/energy_distance.pt",
+        card="results/models/{structure}/energy_distance.json",
+        history="results/models/{structure}/energy_distance_history.tsv",
+    params:
+        training=TRAINING,
+        seed=config["seed"],
+    threads: TRAINING["threads"]
+    resources:
+        gpu=training_gpus(),
+    log:
+        "logs/training/{structure}/energy_distance.log",
+    benchmark:
+        "results/benchmarks/train_energy_distance/{structure}.tsv"
+    conda:
+        training_conda_env()
+    script:
+        "../workflow/scripts/train_energy_distance.py"
+
+
+rule baseline_energy_distance:
+    input:
+        "results/features/{structure}/energy_distance_profiles.h5",
+    output:
+        "results/models/{structure}/energy_distance_baseline.json",
+    params:
+        seed=config["seed"],
+    log:
+        "logs/training/{structure}/energy_distance_baseline.log",
+    conda:
+        "../envs/braggflow.yaml"
+    script:
+        "../workflow/scripts/baseline_energy_distance.py"
+
+
+rule peak_finding_summary:
+    input:
+        cards=lambda wc: per_dataset(wc.structure, "peak_finder.json"),
+        histories=lambda wc: per_dataset(wc.structure, "peak_finder_history.tsv"),
+        baselines=lambda wc: per_dataset(wc.structure, "baseline_peaks.json"),
+        hit_cards=lambda wc: per_dataset(wc.structure, "hit_classifier.json"),
+        hit_histories=lambda wc: per_dataset(wc.structure, "hit_classifier_history.tsv"),
+    output:
+        table=report(
+            "results/metrics/{structure}/peak_finding.tsv",
+            caption="../workflow/report/peak_finding.rst",
+            category="Training",
+            subcategory="Peak finding and hits",
+            labels={"structure": "{structure}", "figure": "CNN vs baseline"},
+        ),
+        curves=report(
+            "results/metrics/{structure}/learning_curves.png",
+            caption="../workflow/report/learning_curves.rst",
+            category="Training",
+            subcategory="Peak finding and hits",
+            labels={"structure": "{structure}", "figure": "learning curves"},
+        ),
+    params:
+        datasets=list(DATASETS),
+    log:
+        "logs/training/{structure}/peak_finding_summary.log",
+    conda:
+        "../envs/braggflow.yaml"
+    script:
+        "../workflow/scripts/peak_finding_summary.py"
+
+
+rule peak_examples:
+    input:
+        shards=lambda wc: overlay_shards(wc.structure, wc.dataset),
+        spots="results/models/{structure}/{dataset}/peak_finder_test_spots.json",
+        baseline="results/models/{structure}/{dataset}/baseline_peaks.json",
+    output:
+        report(
+            "results/metrics/{structure}/{dataset}/examples.png",
+            caption="../workflow/report/peak_examples.rst",
+            category="Training",
+            subcategory="Example frames",
+            labels={"structure": "{structure}", "dataset": "{dataset}"},
+        ),
+    params:
+        training=TRAINING,
+        seed=config["seed"],
+    log:
+        "logs/training/{structure}/{dataset}/examples.log",
+    conda:
+        "../envs/braggflow.yaml"
+    script:
+        "../workflow/scripts/peak_examples.py"
+
+
+rule energy_distance_summary:
+    input:
+        card="results/models/{structure}/energy_distance.json",
+        history="results/models/{structure}/energy_distance_history.tsv",
+        baseline="results/models/{structure}/energy_distance_baseline.json",
+    output:
+        table=report(
+            "results/metrics/{structure}/energy_distance.tsv",
+            caption="../workflow/report/energy_distance.rst",
+            category="Training",
+            subcategory="Energy and camera length",
+            labels={"structure": "{structure}", "figure": "accuracy"},
+        ),
+        confusion=report(
+            "results/metrics/{structure}/energy_distance_confusion.png",
+            caption="../workflow/report/energy_distance_confusion.rst",
+            category="Training",
+            subcategory="Energy and camera length",
+            labels={"structure": "{structure}", "figure": "confusion matrices"},
+        ),
+        curves=report(
+            "results/metrics/{structure}/energy_distance_learning_curve.png",
+            caption="../workflow/report/learning_curves.rst",
+            category="Training",
+            subcategory="Energy and camera length",
+            labels={"structure": "{structure}", "figure": "learning curve"},
+        ),
+    log:
+        "logs/training/{structure}/energy_distance_summary.log",
+    conda:
+        "../envs/braggflow.yaml"
+    script:
+        "../workflow/scripts/energy_distance_summary.py"

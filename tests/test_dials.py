@@ -1,0 +1,92 @@
+"""DIALS stills processing: PHIL, setting/misorientation arithmetic, the rules on the tiny run, crashes vs no-index."""
+
+import shutil
+
+import gemmi
+import numpy as np
+import pandas as pd
+import pytest
+
+from braggflow.dials import DialsSettings, _point_group_hkl_ops, dataset_scores, match_setting, stills_phil
+from braggflow.shards import b_matrix
+from braggflow.draws import random_rotation
+from conftest import TINY, run_snakemake
+
+SETTINGS = DialsSettings("real_space_grid_search", 2, 10, 0.01, 0.05)
+CELL = (67.288, 67.288, 106.582, 90.0, 90.0, 90.0)
+
+
+def test_phil_carries_the_structures_symmetry_and_the_gain():
+    phil = stills_phil("P 43 21 2", CELL, 2.5, SETTINGS)
+    assert "indexing.known_symmetry.space_group = P43212" in phil
+    assert "indexing.known_symmetry.unit_cell = 67.2880,67.2880,106.5820,90.0000,90.0000,90.0000" in phil
+    assert "values = 67.2880,67.2880,106.5820" in phil and "sigmas = 0.05,0.05" in phil
+    assert "spotfinder.threshold.dispersion.gain = 2.5" in phil and "detector_gain = 2.5" in phil
+    assert "indexing.method = real_space_grid_search" in phil and "composite_output = True" in phil
+    assert "refine_candidates_with_known_symmetry" not in phil  # it rewrites the space group (DIALS notes)
+
+
+def test_setting_and_misorientation_over_point_group_operations():
+    rng = np.random.default_rng(5)
+    b = b_matrix(CELL)
+    a_true = random_rotation(rng) @ b
+    ops = _point_group_hkl_ops("P 43 21 2")
+    assert len(ops) == 8
+    angle = np.radians(0.2)
+    small = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    for m in ops:
+        a_dials = small @ a_true @ m  # DIALS picked another equivalent setting, 0.2 deg off
+        found, mis = match_setting(a_dials, a_true, ops)
+        np.testing.assert_array_equal(found, m)
+        assert mis == pytest.approx(0.2, abs=1e-6)
+        h = np.array([3, -5, 7])
+        np.testing.assert_allclose(a_dials @ h, small @ a_true @ (found @ h))  # h_true = M h_dials
+
+
+def test_frames_dials_could_not_index_are_data():
+    frames = pd.DataFrame({"hit": [1, 1, 0, 1], "n_visible": [40, 40, 0, 40], "indexed": [True, False, False, True],
+                           "misorientation_deg": [0.1, np.nan, np.nan, 0.3], "cell_error_rel": [1e-4, np.nan, np.nan, 2e-4]})
+    refl = pd.DataFrame({"x_cal_px": [1.0, 2.0], "x_true_px": [1.5, 2.0], "y_cal_px": [0.0, 0.0],
+                         "y_true_px": [0.0, 0.0], "x_obs_px": [1.0, 2.0], "y_obs_px": [0.0, 0.0]})
+    s = dataset_scores(frames, refl, "x", "7keV_250mm")
+    assert s["indexing_rate"] == pytest.approx(2 / 3) and s["blank_frames_indexed"] == 0
+    assert s["rmsd_cal_true_px"] == pytest.approx(np.sqrt(0.25 / 2)) and s["bar_applies"] and s["bar_met"] is False
+
+
+needs_dials = pytest.mark.skipif(shutil.which("dials.stills_process") is None,
+                                 reason="DIALS is not installed (Debian package dials; `make test` installs it)")
+
+
+@pytest.mark.slow
+@needs_dials
+def test_tiny_run_indexes_hits_and_scores_them_against_the_truth(tiny_run):
+    summary = pd.read_csv(tiny_run / "results/dials/1ic6/scores.tsv", sep="\t")
+    frames = pd.read_csv(tiny_run / "results/dials/1ic6/frames.tsv", sep="\t")
+    assert list(summary.dataset) == ["7keV_100mm", "8keV_100mm"]
+    print(summary.to_string())
+    for row in summary.itertuples():
+        assert row.blank_frames_indexed == 0
+        if row.bar_applies:
+            assert row.indexing_rate >= 0.9 and row.cell_error_max_rel <= 0.005 and row.rmsd_cal_true_px <= 1.0
+    idx = frames[frames.indexed]
+    assert len(idx) >= 3 and (idx.n_matched > 10).all() and (idx.misorientation_deg < 1.0).all()
+    from braggflow.tables import read_table
+
+    refl = read_table(tiny_run / "results/dials/1ic6/7keV_100mm/shard_0000/tables.h5", "reflections")
+    assert {"h", "k", "l", "x_obs_px", "x_cal_px", "intensity", "sigma", "partiality", "d_angstrom"} <= set(refl)
+    assert list((tiny_run / "results/dials/1ic6/7keV_100mm/shard_0000/dials").glob("*_integrated.refl"))
+
+
+@pytest.mark.slow
+@needs_dials
+def test_a_dials_crash_fails_the_rule_and_shows_its_log(tmp_path):
+    target = tmp_path / "results/overlays/1ic6/8keV_100mm/shard_0001.h5"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"not an HDF5 file")  # DIALS cannot read it: a crash, not an unindexed frame
+    res = run_snakemake(tmp_path, "results/dials/1ic6/8keV_100mm/shard_0001/export.npz",
+                        "--allowed-rules", "dials_stills_process", configfile=TINY)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Error in rule dials_stills_process" in out
+    assert "Logfile logs/dials/1ic6/8keV_100mm/shard_0001.log:" in out  # DIALS' own log, shown
+    assert "Unhandled path or option" in out or "Error" in (tmp_path / "logs/dials/1ic6/8keV_100mm/shard_0001.log").read_text()
+    assert not (tmp_path / "results/dials/1ic6/8keV_100mm/shard_0001/export.npz").exists()

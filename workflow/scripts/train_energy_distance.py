@@ -1,0 +1,8 @@
+from braggflow.logs import logged
+from braggflow.ml.pipeline import run_energy_distance
+
+with logged(snakemake.log[0]) as log:
+    o = snakemake.output
+    metrics = run_energy_distance(snakemake.input[0], weights=o.weights, card=o.card, history=o.history,
+                                  cfg=snakemake.params.training, seed=snakemake.params.seed, log=log)
+    log.info("test frames: energy %.3f, camera length %.3f", metrics["energy_accuracy"], metrics["distance_accuracy"])

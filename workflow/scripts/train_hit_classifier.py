@@ -1,0 +1,8 @@
+from braggflow.logs import logged
+from braggflow.ml.pipeline import run_hit_classifier
+
+with logged(snakemake.log[0]) as log:
+    o = snakemake.output
+    metrics = run_hit_classifier(list(snakemake.input), weights=o.weights, card=o.card, history=o.history,
+                                 cfg=snakemake.params.training, seed=snakemake.params.seed, log=log)
+    log.info("test frames: hit accuracy %.3f over %d frames", metrics["hit_accuracy"], metrics["n_test_frames"])
