@@ -1,7 +1,8 @@
 # braggflow: `make run` runs the whole workflow on config/config.yaml, `make test` runs the tests,
 # `make report` writes the provenance report of the run (results/report.html, one self-contained file).
 # All install what they need first: a virtual environment (.venv) and, where apt is available,
-# the Debian packages of the stages and tests that use them (DIALS, cctbx; Chromium opens the report in the tests).
+# the Debian packages of the stages and tests that use them (DIALS, cctbx; Chromium opens the report in the tests;
+# SLURM, munge, slurmdbd and MariaDB make the one-node cluster of tests/test_slurm.py).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 REPORT ?= results/report.html
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-APT_PACKAGES := python3-venv dials python3-cctbx chromium
+APT_PACKAGES := python3-venv dials python3-cctbx chromium slurm-wlm munge slurmdbd mariadb-server
 
 .PHONY: run test report dry-run install system-deps clean
 

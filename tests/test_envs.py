@@ -10,7 +10,7 @@ import yaml
 
 from conftest import ROOT
 
-CONDA_NAMES = {"pyfai": "pyfai"}  # PyPI name (lower case) -> conda-forge name, where they differ
+CONDA_NAMES = {"pyfai": "pyfai", "torch": "pytorch"}  # PyPI name (lower case) -> conda-forge name, where they differ
 
 
 def _split(spec: str) -> tuple[str, str]:

@@ -1,4 +1,5 @@
 from braggflow.beam import Beam
+from braggflow.gpu import claim_gpu
 from braggflow.geometry import Geometry
 from braggflow.logs import logged
 from braggflow.shards import SimulationSettings, write_shard
@@ -8,6 +9,8 @@ with logged(snakemake.log[0]) as log:
     geometry = Geometry.from_dict(p.geometry)
     beam = Beam.from_config(p.beam)
     settings = SimulationSettings.from_config(p.simulation, geometry, beam)
+    if settings.backend != "numpy":
+        log.info("GPU claimed for this job: %s", claim_gpu())
     stats = write_shard(snakemake.output[0], mtz_path=snakemake.input.mtz, geometry=geometry, beam=beam,
                         settings=settings, seed=p.seed, dataset=snakemake.wildcards.dataset,
                         dataset_index=p.dataset_index, frames=range(*p.frames),
