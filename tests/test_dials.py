@@ -90,3 +90,18 @@ def test_a_dials_crash_fails_the_rule_and_shows_its_log(tmp_path):
     assert "Logfile logs/dials/1ic6/8keV_100mm/shard_0001.log:" in out  # DIALS' own log, shown
     assert "Unhandled path or option" in out or "Error" in (tmp_path / "logs/dials/1ic6/8keV_100mm/shard_0001.log").read_text()
     assert not (tmp_path / "results/dials/1ic6/8keV_100mm/shard_0001/export.npz").exists()
+
+
+def test_empty_reflection_table_round_trip(tmp_path):
+    from braggflow.tables import read_table, write_tables
+
+    empty = pd.DataFrame({"frame_index": np.zeros(0, int), "x_cal_px": np.zeros(0), "x_true_px": np.zeros(0),
+                          "y_cal_px": np.zeros(0), "y_true_px": np.zeros(0), "x_obs_px": np.zeros(0),
+                          "y_obs_px": np.zeros(0)})
+    write_tables(tmp_path / "t.h5", {"reflections": empty})
+    back = read_table(tmp_path / "t.h5", "reflections")
+    assert back.dtypes.x_cal_px == float and len(back) == 0
+    frames = pd.DataFrame({"hit": [0, 0], "n_visible": [0, 0], "indexed": [False, False],
+                           "misorientation_deg": [np.nan] * 2, "cell_error_rel": [np.nan] * 2})
+    s = dataset_scores(frames, back, "x", "6keV_350mm")
+    assert s["blank_frames_indexed"] == 0 and np.isnan(s["rmsd_cal_true_px"]) and s["bar_met"] is None

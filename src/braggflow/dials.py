@@ -158,7 +158,10 @@ def score_shard(export_npz: str | Path, overlay_path: str | Path, spacegroup_hm:
         rows.append(row)
     refl_cols = ["frame_index", "h", "k", "l", "h_true", "k_true", "l_true", "x_obs_px", "y_obs_px", "x_cal_px",
                  "y_cal_px", "x_true_px", "y_true_px", "intensity", "sigma", "partiality", "d_angstrom"]
-    reflections = pd.concat(refl_rows, ignore_index=True) if refl_rows else pd.DataFrame(columns=refl_cols)
+    # Typed empty columns where no frame indexed: an untyped frame would travel through HDF5 as text.
+    reflections = (pd.concat(refl_rows, ignore_index=True) if refl_rows
+                   else pd.DataFrame({c: np.zeros(0, int if c in ("frame_index", "h", "k", "l", "h_true", "k_true",
+                                                                   "l_true") else float) for c in refl_cols}))
     return pd.DataFrame(rows), reflections
 
 
