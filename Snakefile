@@ -24,6 +24,7 @@ include: "rules/backgrounds.smk"
 include: "rules/simulate.smk"
 include: "rules/overlays.smk"
 include: "rules/processing.smk"
+include: "rules/training.smk"
 
 
 rule all:

@@ -1,5 +1,6 @@
 # Dataset matrix, path helpers, input functions and wildcard constraints shared by every stage.
 import functools
+import importlib.util
 import os
 
 # Jobs import braggflow from this checkout whatever environment runs them (conda envs, containers, SLURM jobs).
@@ -145,6 +146,46 @@ def dials_tables_of(structure):
     )
 
 
+def training_gpus():
+    """1 where training will run on CUDA, else 0. For `auto`: a CUDA build of torch is installed (looked up
+    without importing torch, which takes seconds at every parse)."""
+    if config["training"]["device"] != "auto":
+        return int(config["training"]["device"] == "cuda")
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return 0
+    lib = os.path.join(list(spec.submodule_search_locations)[0], "lib")
+    return int(os.path.exists(os.path.join(lib, "libtorch_cuda.so")))
+
+
+def training_conda_env():
+    return "../envs/braggflow.yaml" if config["training"]["device"] == "cpu" else "../envs/braggflow-gpu.yaml"
+
+
+def model_file(structure, dataset, name):
+    return f"results/models/{structure}/{dataset}/{name}"
+
+
+def per_dataset_models(structure, name):
+    return [model_file(structure, d, name) for d in DATASETS]
+
+
+def training_targets():
+    """Every table, figure and model card of the training stage."""
+    return [
+        f
+        for s in SIM_STRUCTURES
+        for f in [
+            f"results/metrics/{s}/peak_finding.tsv",
+            f"results/metrics/{s}/learning_curves.png",
+            f"results/metrics/{s}/energy_distance.tsv",
+            f"results/metrics/{s}/energy_distance_confusion.png",
+            f"results/metrics/{s}/energy_distance_learning_curve.png",
+        ]
+        + [f"results/metrics/{s}/{d}/examples.png" for d in DATASETS]
+    ]
+
+
 def all_targets():
     per_dataset = [
         "results/geometry/{dataset}/geometry.json",
@@ -160,6 +201,7 @@ def all_targets():
         + expand("results/overlays/{structure}/{dataset}/gallery.png", structure=SIM_STRUCTURES, dataset=DATASETS)
         + expand("results/dials/{structure}/scores.tsv", structure=SIM_STRUCTURES)
         + ["results/benchmarks/summary.tsv"]
+        + training_targets()
     )
 
 

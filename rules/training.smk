@@ -1,50 +1,7 @@
 # CNN training per energy x camera length (peak finder, hit classifier), one energy / camera-length model across
 # the matrix, the conventional baselines on the same split, and the tables and figures that compare them.
 # GPU rules (train_peak_finder, train_hit_classifier, train_energy_distance) ask for gpu=1 where torch has CUDA.
-import importlib.util
-import os
-
 TRAINING = config["training"]
-
-
-def training_gpus():
-    """1 where training will run on CUDA, else 0. For `auto`: a CUDA build of torch is installed (looked up
-    without importing torch, which takes seconds at every parse)."""
-    if TRAINING["device"] != "auto":
-        return int(TRAINING["device"] == "cuda")
-    spec = importlib.util.find_spec("torch")
-    if spec is None or not spec.submodule_search_locations:
-        return 0
-    lib = os.path.join(list(spec.submodule_search_locations)[0], "lib")
-    return int(os.path.exists(os.path.join(lib, "libtorch_cuda.so")))
-
-
-def training_conda_env():
-    return "../envs/braggflow.yaml" if TRAINING["device"] == "cpu" else "../envs/braggflow-gpu.yaml"
-
-
-def model_path(structure, dataset, name):
-    return f"results/models/{structure}/{dataset}/{name}"
-
-
-def per_dataset(structure, name):
-    return [model_path(structure, d, name) for d in DATASETS]
-
-
-def training_targets():
-    """Every table, figure and model card of this stage (add to all_targets())."""
-    return [
-        f
-        for s in SIM_STRUCTURES
-        for f in [
-            f"results/metrics/{s}/peak_finding.tsv",
-            f"results/metrics/{s}/learning_curves.png",
-            f"results/metrics/{s}/energy_distance.tsv",
-            f"results/metrics/{s}/energy_distance_confusion.png",
-            f"results/metrics/{s}/energy_distance_learning_curve.png",
-        ]
-        + [f"results/metrics/{s}/{d}/examples.png" for d in DATASETS]
-    ]
 
 
 rule train_peak_finder:
@@ -170,11 +127,11 @@ rule baseline_energy_distance:
 
 rule peak_finding_summary:
     input:
-        cards=lambda wc: per_dataset(wc.structure, "peak_finder.json"),
-        histories=lambda wc: per_dataset(wc.structure, "peak_finder_history.tsv"),
-        baselines=lambda wc: per_dataset(wc.structure, "baseline_peaks.json"),
-        hit_cards=lambda wc: per_dataset(wc.structure, "hit_classifier.json"),
-        hit_histories=lambda wc: per_dataset(wc.structure, "hit_classifier_history.tsv"),
+        cards=lambda wc: per_dataset_models(wc.structure, "peak_finder.json"),
+        histories=lambda wc: per_dataset_models(wc.structure, "peak_finder_history.tsv"),
+        baselines=lambda wc: per_dataset_models(wc.structure, "baseline_peaks.json"),
+        hit_cards=lambda wc: per_dataset_models(wc.structure, "hit_classifier.json"),
+        hit_histories=lambda wc: per_dataset_models(wc.structure, "hit_classifier_history.tsv"),
     output:
         table=report(
             "results/metrics/{structure}/peak_finding.tsv",

@@ -1,7 +1,10 @@
+from braggflow.gpu import claim_gpu
 from braggflow.logs import logged
 from braggflow.ml.pipeline import run_energy_distance
 
 with logged(snakemake.log[0]) as log:
+    if snakemake.params.training["device"] != "cpu":
+        log.info("GPU claimed for this job: %s", claim_gpu())
     o = snakemake.output
     metrics = run_energy_distance(snakemake.input[0], weights=o.weights, card=o.card, history=o.history,
                                   cfg=snakemake.params.training, seed=snakemake.params.seed, log=log)
