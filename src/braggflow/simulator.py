@@ -894,12 +894,13 @@ def truth_reflections(
     fudge: float = 1.0,
     image: Any | None = None,
     min_peak_fraction: float = 1e-3,
+    min_photons: float = 1.0,
     xp: ModuleType | None = None,
     block_pixels: int | None = None,
     **simulate_kwargs: Any,
 ) -> TruthTable:
     """Truth table of a frame: reflections predicted on the detector with peak_fraction >=
-    min_peak_fraction. ``image``: the frame from simulate_still with the same arguments (simulated
+    min_peak_fraction or at least min_photons expected photons in their spot. ``image``: the frame from simulate_still with the same arguments (simulated
     here when None).
 
     Position: for each source s and domain m, the point of that Ewald sphere where the lattice
@@ -950,9 +951,8 @@ def truth_reflections(
     with np.errstate(invalid="ignore", divide="ignore"):
         x_px = sum_x / sum_w
         y_px = sum_y / sum_w
-    keep = ((best >= min_peak_fraction) & (sum_w > 0) & (x_px >= 0) & (x_px < detector.n_fast)
-            & (y_px >= 0) & (y_px < detector.n_slow))
-    hkl, x_px, y_px, best = hkl[keep], x_px[keep], y_px[keep], best[keep]
+    on_detector = ((sum_w > 0) & (x_px >= 0) & (x_px < detector.n_fast) & (y_px >= 0) & (y_px < detector.n_slow))
+    hkl, x_px, y_px, best = hkl[on_detector], x_px[on_detector], y_px[on_detector], best[on_detector]
     photons = np.zeros(len(hkl))
     if len(hkl):
         lo = hkl.min(axis=0)
@@ -967,6 +967,19 @@ def truth_reflections(
         hit = (ids >= 0) & (sorted_ids[pos_c] == ids)
         sums = np.bincount(pos_c[hit], weights=img[hit], minlength=len(hkl))
         photons[order] = sums
+    # A strong reflection far from the Ewald sphere (tiny peak fraction) can still put photons on the detector:
+    # it belongs in the truth when its own peak -- r_e^2 fluence F^2 F_latt^2(best point) Omega, not the tails of
+    # bright neighbours that its cell of pixels collects -- reaches min_photons.
+    own_peak = np.zeros(len(hkl))
+    if len(hkl):
+        f2 = structure_factors.lookup(hkl) ** 2
+        ray = (np.asarray(detector.origin_mm)[None] + x_px[:, None] * detector.pixel_size_mm * np.asarray(detector.fast_axis)
+               + y_px[:, None] * detector.pixel_size_mm * np.asarray(detector.slow_axis))
+        r_mm = np.linalg.norm(ray, axis=1)
+        omega = detector.pixel_size_mm**2 * detector.close_distance_mm / r_mm**3
+        own_peak = st.scale * f2 * peak0 * best * omega
+    keep = (best >= min_peak_fraction) | (own_peak >= min_photons)
+    hkl, x_px, y_px, best, photons = hkl[keep], x_px[keep], y_px[keep], best[keep], photons[keep]
     d_A = 1.0 / np.linalg.norm(hkl @ st.A.T, axis=1)
     return TruthTable(hkl=hkl.astype(np.int64), d_A=d_A, x_px=x_px, y_px=y_px, photons=photons,
                       peak_fraction=best)
