@@ -109,3 +109,9 @@ def test_benchmark_summary_covers_every_benchmarked_rule(tiny_run):
     assert set(summary.rule) == {"structure_factors", "water_background", "simulate", "overlay", "dials"}
     assert (summary.seconds_median > 0).all()
     assert (tiny_run / "results/benchmarks/summary.png").stat().st_size > 10_000
+
+
+def test_a_finished_run_has_nothing_left_to_do(tiny_run):
+    """Every job's params are stable between invocations, so a rerun touches nothing."""
+    res = run_snakemake(tiny_run, "-n", configfile=TINY)
+    assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]
