@@ -10,6 +10,7 @@ os.environ[_PATH_VAR] = os.pathsep.join(p for p in (_SRC, os.environ.get(_PATH_V
 from braggflow.config import check_structure_files
 from braggflow.geometry import dataset_geometry
 from braggflow.matrix import DATASET_RE, ENERGY_LABEL_RE, energies, expand_matrix
+from braggflow.shards import frame_indices
 
 check_structure_files(config)
 
@@ -71,8 +72,8 @@ check_simulation_structures()
 
 def shard_frames(shard):
     """(first, stop) frame indices of a shard; frames never depend on the shard size."""
-    first = int(shard) * SIM["frames_per_shard"]
-    return first, min(first + SIM["frames_per_shard"], SIM["frames_per_dataset"])
+    frames = frame_indices(int(shard), SIM["frames_per_shard"], SIM["frames_per_dataset"])
+    return frames.start, frames.stop
 
 
 def shard_names():

@@ -6,7 +6,6 @@ writes its input and reads what workflow/scripts/dials_export.py (run with DIALS
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,7 +223,3 @@ def plot_scores(path: str | Path, summary: pd.DataFrame, frames: pd.DataFrame) -
     axes[2].set_xticklabels(labels, rotation=45, ha="right")
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def settings_json(s: DialsSettings) -> str:
-    return json.dumps(s.__dict__, sort_keys=True, default=list)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pandas as pd
 
 from .io import atomic_path
@@ -34,11 +33,3 @@ def read_table(path: str | Path, name: str) -> pd.DataFrame:
             data[col] = values.astype(str) if values.dtype.kind == "S" else values
         return pd.DataFrame(data, columns=list(g.attrs["columns"]))
 
-
-def concat_tables(paths, name: str) -> pd.DataFrame:
-    frames = [read_table(p, name) for p in paths]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def empty_like_columns(columns) -> pd.DataFrame:
-    return pd.DataFrame({c: np.zeros(0) for c in columns})
