@@ -25,6 +25,7 @@ include: "rules/simulate.smk"
 include: "rules/overlays.smk"
 include: "rules/processing.smk"
 include: "rules/training.smk"
+include: "rules/experiments.smk"
 
 
 rule all:

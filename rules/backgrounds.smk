@@ -30,6 +30,7 @@ rule water_background:
         geometry=lambda wc: geometry_of(wc.dataset).as_dict(),
         beam=config["beam"],
         jet_thickness_m=config["water"]["jet_thickness_um"] * 1e-6,
+        name=lambda wc: wc.dataset,
     log:
         "logs/backgrounds/{dataset}.log",
     benchmark:

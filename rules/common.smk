@@ -203,6 +203,7 @@ def all_targets():
         + expand("results/dials/{structure}/scores.tsv", structure=SIM_STRUCTURES)
         + ["results/benchmarks/summary.tsv"]
         + training_targets()
+        + experiment_targets()
     )
 
 
@@ -218,3 +219,133 @@ def benchmark_files():
             shard=shard_names(),
         )
     return files
+
+
+# ---------------------------------------------------------------- experimental inputs (rules/experiments.smk)
+from braggflow.config import load_schema
+from braggflow.experiments import experiment_specs
+
+EXPERIMENTS = experiment_specs(
+    config, DATASETS, load_schema(os.path.join(workflow.basedir, "config/config.schema.yaml"))
+)
+EVALUATION = config["evaluation"]
+NEVER = "(?!x)x"  # a wildcard pattern that matches nothing (an empty set of experiments)
+
+
+def experiments_pattern(kinds=None, readers=None):
+    names = [
+        n
+        for n, e in EXPERIMENTS.items()
+        if (kinds is None or e.kind in kinds) and (readers is None or e.kind != "file" or e.reader in readers)
+    ]
+    return "|".join(names) if names else NEVER
+
+
+def shifted_geometry_of(experiment):
+    from braggflow.experiments import shifted_geometry
+
+    e = EXPERIMENTS[experiment]
+    return shifted_geometry(geometry_of(e.like), e.shift)
+
+
+def shifted_section(experiment, section):
+    from braggflow.experiments import shifted_section
+
+    return shifted_section(config[section], EXPERIMENTS[experiment].shift[section])
+
+
+def experiment_file(experiment):
+    """The shifted simulation's NXmx file (frames, geometry and truth)."""
+    return f"results/experiments/{experiment}/{experiment}.h5"
+
+
+def experiment_frames(experiment):
+    return f"results/experiments/{experiment}/frames.h5"
+
+
+def dials_inputs(experiment):
+    """What DIALS reads: the input files themselves, the shifted set's NXmx, or the NXmx an HDF5 input became."""
+    e = EXPERIMENTS[experiment]
+    if e.kind == "shifted_simulation":
+        return [experiment_file(experiment)]
+    if e.reader == "hdf5":
+        return [f"results/experiments/{experiment}/dials_input.h5"]
+    return list(e.files)
+
+
+def experiment_gain(experiment):
+    """ADU per photon of what DIALS reads (HDF5 inputs are converted to photons first)."""
+    e = EXPERIMENTS[experiment]
+    if e.kind == "shifted_simulation":
+        return float(shifted_section(experiment, "overlay")["adu_per_photon"])
+    return 1.0 if e.reader == "hdf5" else float(e.adu_per_photon or 1.0)
+
+
+def experiment_dials_phil(experiment):
+    from braggflow.dials import DialsSettings, stills_phil
+
+    e = EXPERIMENTS[experiment]
+    spacegroup, cell = structure_symmetry(e.structure)
+    spacegroup = e.dials["space_group"] or spacegroup
+    cell = e.dials["unit_cell"] or cell
+    dials_cfg = dict(config["dials"])
+    dials_cfg["indexing_method"] = e.dials["indexing_method"] or dials_cfg["indexing_method"]
+    dials_cfg["extra_phil"] = list(dials_cfg["extra_phil"]) + list(e.dials["extra_phil"])
+    return stills_phil(spacegroup, cell, experiment_gain(experiment), DialsSettings.from_config(dials_cfg))
+
+
+def experiment_models(experiment, kinds=("peak_finder", "hit_classifier")):
+    """Model names of an experiment: <kind>-<dataset> per listed dataset, and energy_distance where it applies."""
+    e = EXPERIMENTS[experiment]
+    names = [f"{k}-{d}" for k in kinds if k != "energy_distance" for d in e.models]
+    if "energy_distance" in kinds and e.energy_distance:
+        names.append("energy_distance")
+    return names
+
+
+def model_paths(experiment, model):
+    """(weights, card) of a model name of an experiment's structure."""
+    structure = EXPERIMENTS[experiment].structure
+    if model == "energy_distance":
+        stem = f"results/models/{structure}/energy_distance"
+    else:
+        kind, dataset = model.split("-", 1)
+        stem = model_file(structure, dataset, kind)
+    return {"weights": f"{stem}.pt", "card": f"{stem}.json"}
+
+
+def prediction_file(experiment, model):
+    return f"results/predictions/{experiment}/{model}/{experiment}_probability_pred.h5"
+
+
+def energy_distance_prediction(experiment):
+    e = EXPERIMENTS[experiment]
+    return [prediction_file(experiment, "energy_distance")] if e.energy_distance else []
+
+
+def truth_source(experiment):
+    return [experiment_file(experiment)] if EXPERIMENTS[experiment].kind == "shifted_simulation" else []
+
+
+def evaluation_tables(experiment):
+    return [
+        f"results/evaluation/{experiment}/{m}/{t}.tsv"
+        for m in experiment_models(experiment, ("peak_finder",))
+        for t in ("frames", "offsets")
+    ]
+
+
+def experiment_targets():
+    if not EXPERIMENTS:
+        return []
+    return [
+        "results/evaluation/summary.tsv",
+        "results/evaluation/summary.png",
+        "results/evaluation/offsets_by_resolution.tsv",
+        "results/evaluation/classifiers.tsv",
+    ] + [
+        f
+        for x in EXPERIMENTS
+        for f in [f"results/evaluation/{x}/offsets.png"]
+        + [prediction_file(x, m) for m in experiment_models(x, ("peak_finder", "hit_classifier", "energy_distance"))]
+    ]

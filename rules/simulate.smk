@@ -13,6 +13,8 @@ rule simulate:
         seed=config["seed"],
         dataset_index=lambda wc: DATASETS[wc.dataset].index,
         frames=lambda wc: shard_frames(wc.shard),
+        dataset=lambda wc: wc.dataset,
+        structure=lambda wc: wc.structure,
     resources:
         gpu=simulation_gpus(),
     log:

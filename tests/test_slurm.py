@@ -24,15 +24,16 @@ from slurm.cluster import Cluster, client_env, missing_programs
 
 pytestmark = pytest.mark.slow
 
-# Rules that must land on GPU nodes (each has its line in set-resources of profiles/slurm/config.yaml); add the
-# prediction rules when they land. Those in the test's DAG are checked against sacct.
-GPU_RULES = ("simulate", "train_peak_finder", "train_hit_classifier", "train_energy_distance")
+# Rules that must land on GPU nodes (each has its line in set-resources of profiles/slurm/config.yaml). Those in
+# the test's DAG are checked against sacct.
+GPU_RULES = ("simulate", "train_peak_finder", "train_hit_classifier", "train_energy_distance", "simulate_shifted",
+             "predict")
 # Left out of the SLURM run (with everything downstream), to keep it near 2.5 min on 2 cores: stages that take
 # minutes here and would test nothing the other rules do not (simulate already shows GPU placement). Training
 # also writes model cards with a uuid4, wall times and hardware by design, so its outputs are not byte-identical
 # between runs; its weights are (tests/test_ml.py).
-OMIT_FROM = ("dials_stills_process", "benchmark_summary", "train_peak_finder", "train_hit_classifier",
-             "baseline_peak_finder", "energy_distance_profiles")
+OMIT_FROM = ("dials_stills_process", "dials_experiment", "benchmark_summary", "train_peak_finder",
+             "train_hit_classifier", "baseline_peak_finder", "energy_distance_profiles")
 ACCOUNT = "bragg"  # the test cluster's accounts: bragg (CPU) and bragg_g (GPU)
 RUN_TIMEOUT_S = 360  # one Snakemake run through SLURM (about 2.5 min here)
 MODULE_TIMEOUT_S = 900  # everything: bring-up, the local run (conftest's tiny_run, when no test made it yet),
@@ -162,7 +163,7 @@ def sacct_jobs() -> list[dict]:
 
 def is_gpu_job(job: dict) -> bool:
     # The executor's job comment: rule_<rule>_wildcards_<...> or, for a group, rule_<group>_<rule>_<rule>...
-    return any(rule in job["Comment"] for rule in GPU_RULES)
+    return bool(rules_of(job, GPU_RULES))
 
 
 def rules_of(job: dict, names) -> set[str]:

@@ -83,6 +83,7 @@ def test_bad_structure_stops_with_the_file_named_and_no_output(tmp_path):
     cfg = yaml.safe_load(TINY.read_text())
     cfg["structures"] = {"broken": {"file": str(bad)}}
     cfg["simulation"]["structures"] = ["broken"]
+    cfg.pop("experiments")  # they name 1ic6
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     res = run_snakemake(tmp_path / "work", configfile=tmp_path / "c.yaml")
     assert res.returncode != 0

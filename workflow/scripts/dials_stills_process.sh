@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# dials.stills_process on one overlay shard, then the export of its results to plain arrays (DIALS' Python).
-# Runs in DIALS' environment (Debian's /usr/bin programs, envs/dials.yaml or the DIALS container).
+# dials.stills_process on one overlay shard or one experiment's input files, then the export of its results to
+# plain arrays (DIALS' Python). Runs in DIALS' environment (Debian's /usr/bin programs, envs/dials.yaml or the
+# DIALS container). Frames are numbered over the inputs in order (files, then frames within a file).
 set -euo pipefail
-frames=$(realpath "${snakemake_input[frames]}")
+read -ra inputs <<< "${snakemake_input[frames]}"
 export_npz=$(realpath -m "${snakemake_output[export]}")
 log=$(realpath -m "${snakemake_log[0]}")
 out=$(dirname "$export_npz")
 rm -rf "$out/dials" && mkdir -p "$out/dials"
 printf '%s' "${snakemake_params[phil]}" > "$out/params.phil"
+frames=()
+for f in "${inputs[@]}"; do frames+=("$(realpath "$f")"); done
+printf '%s\n' "${frames[@]}" > "$out/inputs.txt"
+# Frame count: given for a shard; for an experiment, that of its imported frames file.
+n_frames="${snakemake_params[n_frames]:-}"
+if [ -z "$n_frames" ]; then
+    n_frames=$(libtbx.python -c 'import h5py, sys; print(h5py.File(sys.argv[1], "r")["data"].shape[0])' \
+        "${snakemake_input[info]}")
+fi
 # Debian's DIALS 3.12 lacks the compiled xfel_mono_sim_ext that stills indexing imports (see
 # workflow/dials/xfel_mono_sim_ext.py); only where it is missing does the empty stand-in go on the path.
 if ! libtbx.python -c 'import xfel_mono_sim_ext' 2>/dev/null; then
     export PYTHONPATH="$(dirname "${snakemake_params[shim]}")${PYTHONPATH:+:$PYTHONPATH}"
 fi
-(cd "$out" && dials.stills_process "$frames" params.phil "mp.nproc=${snakemake[threads]}" output.output_dir=dials) \
-    > "$log" 2>&1
-libtbx.python "${snakemake_params[export_script]}" "$out/dials" "${snakemake_params[n_frames]}" "$export_npz" \
+(cd "$out" && dials.stills_process "${frames[@]}" params.phil "mp.nproc=${snakemake[threads]}" \
+    output.output_dir=dials) > "$log" 2>&1
+libtbx.python "${snakemake_params[export_script]}" "$out/dials" "$n_frames" "$export_npz" "$out/inputs.txt" \
     >> "$log" 2>&1

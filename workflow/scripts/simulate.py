@@ -12,7 +12,7 @@ with logged(snakemake.log[0]) as log:
     if settings.backend != "numpy":
         log.info("GPU claimed for this job: %s", claim_gpu())
     stats = write_shard(snakemake.output[0], mtz_path=snakemake.input.mtz, geometry=geometry, beam=beam,
-                        settings=settings, seed=p.seed, dataset=snakemake.wildcards.dataset,
+                        settings=settings, seed=p.seed, dataset=p.dataset,
                         dataset_index=p.dataset_index, frames=range(*p.frames),
-                        structure=snakemake.wildcards.structure, log=log)
+                        structure=p.structure, log=log)
     log.info("wrote %s: %s", snakemake.output[0], stats)

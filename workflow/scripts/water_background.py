@@ -8,6 +8,6 @@ with logged(snakemake.log[0]) as log:
     bg = water_image(geometry, Beam.from_config(snakemake.params.beam), snakemake.params.jet_thickness_m,
                      snakemake.input.table)
     write_background(snakemake.output.h5, bg)
-    plot_background(snakemake.output.png, bg, title=f"water background {snakemake.wildcards.dataset}")
-    log.info("%s: max %.3g, mean %.3g photons/pixel; q %.3f-%.3f 1/A", snakemake.wildcards.dataset,
+    plot_background(snakemake.output.png, bg, title=f"water background {snakemake.params.name}")
+    log.info("%s: max %.3g, mean %.3g photons/pixel; q %.3f-%.3f 1/A", snakemake.params.name,
              bg.photons.max(), bg.photons[~bg.mask].mean(), bg.q_inv_angstrom.min(), bg.q_inv_angstrom.max())

@@ -1,0 +1,134 @@
+"""Trained models on experimental frames (the normalized frames file of ``braggflow.panels``).
+
+One prediction file per (model, input): ``pred`` (what the model predicts, as probabilities), ``classes`` (what
+the last axis or the values mean), ``model_id`` (the model card's uuid4) and ``panel_names``. Per-pixel
+predictions have the input's shape: (frames, slow, fast) for a single-panel detector, (frames, panels, slow,
+fast) where it has several panels (``panel_names`` says which is which). Peak probabilities are stored as
+float16 (3 significant digits are plenty for a probability, and half the bytes).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..io import atomic_path
+from ..panels import read_frame_photons, read_frames_info
+from .cards import read_card
+
+KINDS = ("peak_finder", "hit_classifier", "energy_distance")
+
+
+def load_model(card_path: str | Path, weights_path: str | Path, device):
+    from .models import load_weights
+
+    card = read_card(card_path)
+    return card, load_weights(card["model"], card["arguments"], weights_path, device=str(device))
+
+
+def predict_file(frames_path: str | Path, card_path: str | Path, weights_path: str | Path, out: str | Path, *,
+                 training: dict[str, Any], log=None) -> dict[str, Any]:
+    """``training``: the config's training block (device, threads, the hit classifier's binning)."""
+    import torch
+
+    from .data import binned_frame, polar_profile
+    from .train import predict_probability, torch_device
+
+    torch.set_num_threads(int(training["threads"]))
+    device = torch_device(training["device"])
+    info = read_frames_info(frames_path)
+    card, model = load_model(card_path, weights_path, device)
+    kind = card["model"]
+    n, p = info.n_frames, info.n_panels
+    t0 = time.perf_counter()
+    attrs: dict[str, Any] = {}
+    if kind == "peak_finder":
+        shape = (n, info.shape[0], info.shape[1]) if p == 1 else (n, p, *info.shape)
+        pred = np.empty(shape, np.float16)
+        # Blocks no larger than a panel (a multiple of 4 for the U-Net's two poolings): a 185 x 194 CSPAD panel
+        # in one 196 px block, not a 512 px one; the margin keeps the result independent of the block size.
+        block_px = min(512, 4 * -(-max(info.shape) // 4))
+        for i in range(n):
+            photons = read_frame_photons(frames_path, i)
+            for j in range(p):
+                prob = predict_probability(model, photons[j], device, block_px=block_px)
+                if p == 1:
+                    pred[i] = prob
+                else:
+                    pred[i, j] = prob
+        classes = ["peak"]
+        post = card["metrics"]["spot_extraction"]
+        attrs = {"threshold": float(post["threshold"]), "min_spot_px": int(post["min_spot_px"])}
+    elif kind == "hit_classifier":
+        bin_px = int(training["hit_classifier"]["bin_px"])
+        pred = np.empty(n, np.float32)
+        with torch.no_grad():
+            for i in range(n):
+                photons = read_frame_photons(frames_path, i)
+                x = torch.from_numpy(np.stack([binned_frame(photons[j], bin_px) for j in range(p)])).to(device)
+                # A hit on any panel is a hit (the classifier pools globally over one image).
+                pred[i] = float(torch.sigmoid(model(x)).max())
+        classes = ["hit"]
+    elif kind == "energy_distance":
+        if p != 1:
+            raise ValueError(f"{frames_path}: the energy / camera-length model reads single-panel frames; this input "
+                             f"has {p} panels (set experiments.<name>.energy_distance: false)")
+        a = card["arguments"]
+        energies, lengths = card["metrics"]["classes"]["energies_kev"], card["metrics"]["classes"]["camera_lengths_m"]
+        prof = np.stack([polar_profile(read_frame_photons(frames_path, i)[0],
+                                       info.panels.beam_center_px(info.beam_direction[i]), a["radial_bins"],
+                                       a["sectors"]) for i in range(n)])
+        with torch.no_grad():
+            pe, pd_ = model(torch.from_numpy(prof).to(device))
+            pe, pd_ = torch.softmax(pe, 1).cpu().numpy(), torch.softmax(pd_, 1).cpu().numpy()
+        # Joint class probabilities (energy x camera length), named like the matrix datasets.
+        pred = (pe[:, :, None] * pd_[:, None, :]).reshape(n, -1).astype(np.float32)
+        from ..matrix import dataset_name
+
+        classes = [dataset_name(e, d) for e in energies for d in lengths]
+        attrs = {"energies_kev": np.asarray(energies, float), "camera_lengths_m": np.asarray(lengths, float)}
+    else:
+        raise ValueError(f"{card_path}: unknown model kind {kind!r}; known: {KINDS}")
+    seconds = time.perf_counter() - t0
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        chunks = (1, *pred.shape[1:]) if pred.ndim > 2 else None
+        f.create_dataset("pred", data=pred, chunks=chunks, compression="gzip" if chunks else None)
+        f["classes"] = np.array(classes, dtype=h5py.string_dtype())
+        f["model_id"] = card["model_id"]
+        f["panel_names"] = np.array(info.panels.name, dtype=h5py.string_dtype())
+        if kind == "energy_distance":
+            f["energy_probability"], f["camera_length_probability"] = pe.astype(np.float32), pd_.astype(np.float32)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.attrs["model"] = kind
+        f.attrs["model_datasets"] = ",".join(card["datasets"])
+        f.attrs["input"] = Path(frames_path).as_posix()
+        f.attrs["layout"] = _layout(kind, p)
+        f.attrs["seconds_per_frame"] = seconds / max(n, 1)
+    stats = {"model": kind, "model_id": card["model_id"], "frames": n, "panels": p, "shape": list(pred.shape),
+             "seconds_per_frame": round(seconds / max(n, 1), 3), "device": str(device)}
+    if log:
+        log.info("%s", stats)
+    return stats
+
+
+def _layout(kind: str, panels: int) -> str:
+    if kind == "peak_finder":
+        return "frames, slow, fast" if panels == 1 else "frames, panels, slow, fast"
+    return "frames" if kind == "hit_classifier" else "frames, classes"
+
+
+def read_prediction(path: str | Path) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        out = {"pred": f["pred"][()], "classes": [c.decode() if isinstance(c, bytes) else c for c in f["classes"][()]],
+               "model_id": f["model_id"][()].decode() if isinstance(f["model_id"][()], bytes) else f["model_id"][()],
+               "panel_names": [c.decode() if isinstance(c, bytes) else c for c in f["panel_names"][()]],
+               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}}
+        for k in ("energy_probability", "camera_length_probability"):
+            if k in f:
+                out[k] = f[k][()]
+    return out

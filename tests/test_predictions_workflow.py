@@ -1,0 +1,103 @@
+"""Predictions and the evaluator in the tiny workflow: one prediction file per (model x input) with the input's
+shape, the model card's uuid and the classes; the evaluator's tables; targeted reruns of one model or one input."""
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from braggflow.panels import read_frames_info
+from conftest import TINY, run_snakemake
+
+EXP = "shifted"
+MODELS = ["peak_finder-7keV_100mm", "peak_finder-8keV_100mm", "hit_classifier-7keV_100mm",
+          "hit_classifier-8keV_100mm", "energy_distance"]
+
+
+def pred_path(work, model):
+    return work / f"results/predictions/{EXP}/{model}/{EXP}_probability_pred.h5"
+
+
+def test_the_shifted_set_is_labelled_and_differs_from_its_dataset(tiny_run):
+    from braggflow.nxmx import read_geometry
+
+    shifted = read_geometry(tiny_run / f"results/experiments/{EXP}/{EXP}.h5")
+    like = json.loads((tiny_run / "results/geometry/7keV_100mm/geometry.json").read_text())
+    assert shifted.camera_length_m == pytest.approx(like["camera_length_m"] + 0.006)
+    assert shifted.beam_center_px == pytest.approx((like["beam_center_px"][0] + 14, like["beam_center_px"][1] - 9))
+    info = read_frames_info(tiny_run / f"results/experiments/{EXP}/frames.h5")
+    assert (info.n_frames, info.n_panels, info.shape) == (2, 1, (1065, 1030)) and info.adu_per_photon == 2.0
+    summary = pd.read_csv(tiny_run / "results/evaluation/summary.tsv", sep="\t")
+    assert set(summary.input) == {"shifted simulation"}
+
+
+def test_one_prediction_file_per_model_with_the_inputs_shape_and_the_card(tiny_run):
+    info = read_frames_info(tiny_run / f"results/experiments/{EXP}/frames.h5")
+    for model in MODELS:
+        with h5py.File(pred_path(tiny_run, model), "r") as f:
+            pred, classes = f["pred"][()], [c.decode() for c in f["classes"][()]]
+            model_id = f["model_id"][()].decode()
+            assert [c.decode() for c in f["panel_names"][()]] == list(info.panels.name)
+        kind, _, dataset = model.partition("-")
+        card = (tiny_run / f"results/models/1ic6/{dataset}/{kind}.json" if dataset
+                else tiny_run / "results/models/1ic6/energy_distance.json")
+        assert model_id == json.loads(card.read_text())["model_id"]
+        assert np.all((pred >= 0) & (pred <= 1))
+        if kind == "peak_finder":
+            assert pred.shape == (2, *info.shape) and pred.dtype == np.float16 and classes == ["peak"]
+        elif kind == "hit_classifier":
+            assert pred.shape == (2,) and classes == ["hit"]
+        else:
+            assert classes == ["7keV_100mm", "8keV_100mm"] and pred.shape == (2, 2)
+            np.testing.assert_allclose(pred.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_the_evaluator_ranks_every_model_and_finder_against_truth_and_dials(tiny_run):
+    s = pd.read_csv(tiny_run / "results/evaluation/summary.tsv", sep="\t")
+    peak_models = [m for m in MODELS if m.startswith("peak_finder")]
+    truth = s[s.reference == "truth"]
+    # A row per model x file, CNN and conventional finder side by side, recall and median offset reported.
+    assert sorted(truth[truth.finder == "cnn"].model) == peak_models
+    assert sorted(truth[truth.finder == "dispersion"].model) == peak_models
+    assert truth["rank"].tolist() == list(range(1, len(truth) + 1))
+    for col in ("recall", "precision", "median_offset_px", "median_radial_px", "median_transverse_px", "rmsd_px",
+                "spurious_per_frame"):
+        assert col in s.columns
+    assert (truth.n_reference > 0).all() and truth.recall.between(0, 1).all()
+    dials = s[s.reference == "dials"]
+    # DIALS indexes the shifted hits; its own spots, found again at its predictions, are found within a pixel.
+    assert len(dials) and dials[dials.finder == "dials"].recall.min() > 0.5
+    assert (dials[dials.finder == "dials"].median_offset_px < 1.0).all()
+    bins = pd.read_csv(tiny_run / "results/evaluation/offsets_by_resolution.tsv", sep="\t")
+    assert set(bins.reference) <= {"truth", "dials", "dials_predicted_geometry"} and (bins.n >= 0).all()
+    clf = pd.read_csv(tiny_run / "results/evaluation/classifiers.tsv", sep="\t")
+    assert set(clf.model) == {"hit_classifier-7keV_100mm", "hit_classifier-8keV_100mm", "energy_distance"}
+    assert (tiny_run / "results/evaluation/summary.png").stat().st_size > 10_000
+    assert (tiny_run / f"results/evaluation/{EXP}/offsets.png").stat().st_size > 10_000
+
+
+def job_counts(out: str) -> dict[str, int]:
+    """The dry run's job table: rule name -> jobs."""
+    import re
+
+    rows = [re.fullmatch(r"(\w+)\s+(\d+)", ln.strip()) for ln in out.splitlines()]
+    return {m.group(1): int(m.group(2)) for m in rows if m}
+
+
+def test_one_model_or_one_input_reruns_alone(tiny_run):
+    target = pred_path(tiny_run, "hit_classifier-8keV_100mm").relative_to(tiny_run)
+    res = run_snakemake(tiny_run, str(target), "-n", "--forcerun", "predict", configfile=TINY)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert job_counts(out) == {"predict": 1, "total": 1}, out[-3000:]
+    res = run_snakemake(tiny_run, "results/evaluation/summary.tsv", "-n", "--forcerun", "import_frames_dxtbx",
+                        configfile=TINY)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    # The input's frames again: its DIALS run, all 5 predictions, both evaluations, the plot and the summary;
+    # no training and no simulation.
+    assert counts["import_frames_dxtbx"] == 1 and counts["predict"] == 5 and counts["evaluate_predictions"] == 2
+    assert counts["dials_experiment"] == 1 and "train_peak_finder" not in counts and "simulate_shifted" not in counts

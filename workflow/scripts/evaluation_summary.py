@@ -1,0 +1,30 @@
+import pandas as pd
+
+from braggflow.evaluate import classifier_table, offsets_by_resolution, plot_summary, rank_models, read_tables
+from braggflow.evaluate import summarize
+from braggflow.io import atomic_path
+from braggflow.logs import logged
+
+
+def write(table, path):
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+
+
+with logged(snakemake.log[0]) as log:
+    i, p = snakemake.input, snakemake.params
+    frames, offsets = read_tables(i.frames), read_tables(i.offsets)
+    summary = rank_models(summarize(frames, offsets))
+    summary.insert(1, "input", summary.experiment.map(lambda x: "shifted simulation" if p.shifted[x] else "file"))
+    write(summary, snakemake.output.summary)
+    write(offsets_by_resolution(offsets, p.evaluation["resolution_bins"]), snakemake.output.bins)
+    plot_summary(snakemake.output.plot, summary)
+    hits, ed = iter(i.hits), iter(i.energy_distance)
+    truth = iter(i.truth)
+    tables = []
+    for x, frames_file in zip(p.experiments, i.frames_files, strict=True):
+        hit_preds = {m: next(hits) for m in p.hit_models[x]}
+        tables.append(classifier_table(x, hit_preds, next(ed) if p.energy_distance[x] else None,
+                                       next(truth) if p.shifted[x] else None, frames_file))
+    write(pd.concat(tables, ignore_index=True), snakemake.output.classifiers)
+    log.info("\n%s", summary.to_string())
