@@ -290,6 +290,7 @@ def experiment_dials_phil(experiment):
     cell = e.dials["unit_cell"] or cell
     dials_cfg = dict(config["dials"])
     dials_cfg["indexing_method"] = e.dials["indexing_method"] or dials_cfg["indexing_method"]
+    dials_cfg["cell_sigma_angstrom"] = e.dials["cell_sigma_angstrom"] or dials_cfg["cell_sigma_angstrom"]
     dials_cfg["extra_phil"] = list(dials_cfg["extra_phil"]) + list(e.dials["extra_phil"])
     return stills_phil(spacegroup, cell, experiment_gain(experiment), DialsSettings.from_config(dials_cfg))
 

@@ -30,7 +30,7 @@ def test_the_shifted_set_is_labelled_and_differs_from_its_dataset(tiny_run):
     info = read_frames_info(tiny_run / f"results/experiments/{EXP}/frames.h5")
     assert (info.n_frames, info.n_panels, info.shape) == (2, 1, (1065, 1030)) and info.adu_per_photon == 2.0
     summary = pd.read_csv(tiny_run / "results/evaluation/summary.tsv", sep="\t")
-    assert set(summary.input) == {"shifted simulation"}
+    assert set(summary[summary.experiment == EXP].input) == {"shifted simulation"}
 
 
 def test_one_prediction_file_per_model_with_the_inputs_shape_and_the_card(tiny_run):
@@ -97,7 +97,23 @@ def test_one_model_or_one_input_reruns_alone(tiny_run):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     counts = job_counts(out)
-    # The input's frames again: its DIALS run, all 5 predictions, both evaluations, the plot and the summary;
-    # no training and no simulation.
-    assert counts["import_frames_dxtbx"] == 1 and counts["predict"] == 5 and counts["evaluate_predictions"] == 2
-    assert counts["dials_experiment"] == 1 and "train_peak_finder" not in counts and "simulate_shifted" not in counts
+    # Both inputs' frames again (shifted set and CSPAD shots): their DIALS runs, all 5 + 2 predictions, the 2 + 1
+    # evaluations, the plots and the summary; no training and no simulation.
+    assert counts["import_frames_dxtbx"] == 2 and counts["predict"] == 7 and counts["evaluate_predictions"] == 3
+    assert counts["dials_experiment"] == 2 and "train_peak_finder" not in counts and "simulate_shifted" not in counts
+
+
+def test_real_cspad_stills_predict_per_panel_and_are_scored_against_dials(tiny_run):
+    info = read_frames_info(tiny_run / "results/experiments/cspad/frames.h5")
+    assert (info.n_frames, info.n_panels, info.shape) == (2, 64, (185, 194)) and info.adu_per_photon == 28.0
+    assert info.wavelength_angstrom == pytest.approx([1.2726, 1.2726], abs=5e-4)  # per shot
+    with h5py.File(tiny_run / "results/predictions/cspad/peak_finder-8keV_100mm/cspad_probability_pred.h5") as f:
+        assert f["pred"].shape == (2, 64, 185, 194) and f.attrs["layout"] == "frames, panels, slow, fast"
+        assert [c.decode() for c in f["panel_names"][()]] == list(info.panels.name)
+    s = pd.read_csv(tiny_run / "results/evaluation/summary.tsv", sep="\t")
+    cspad = s[s.experiment == "cspad"]
+    assert set(cspad.reference) == {"dials"} and set(cspad.finder) == {"cnn", "dispersion", "dials"}
+    assert set(cspad.input) == {"file"}
+    own = cspad[cspad.finder == "dials"].iloc[0]
+    # DIALS indexed both shots; its own strong spots sit on its predictions of the I/sigma >= 5 reflections.
+    assert own.frames == 2 and own.recall > 0.9 and own.median_offset_px < 1.0
