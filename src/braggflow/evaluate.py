@@ -168,12 +168,10 @@ def dispersion_found(photons: np.ndarray, settings: dict[str, Any]) -> Found:
     return Found(np.concatenate(panels).astype(int), np.concatenate(xy).reshape(-1, 2))
 
 
-def truth_reference(overlay_path: str | Path, row: int, info: FramesInfo, frame: int) -> Reference:
-    from .overlay import read_overlay_frames, read_overlay_truth
-
-    frames = read_overlay_frames(overlay_path)
-    t = read_overlay_truth(overlay_path)
-    t = t[t.frame_index == int(frames.frame_index.iloc[row])]
+def truth_reference(truth: pd.DataFrame, frame_index: int, info: FramesInfo, frame: int) -> Reference:
+    """The truth reflections of one simulated frame (``frame_index``: its number in the overlay's truth table):
+    the visible ones are the reference, the others excuse a peak from being spurious."""
+    t = truth[truth.frame_index == frame_index]
     vis = t.visible.astype(bool).to_numpy()
     xy = t[["x_px", "y_px"]].to_numpy(float)
     b, wl = info.beam_direction[frame], float(info.wavelength_angstrom[frame])
@@ -201,7 +199,7 @@ class DialsFrame:
 
 
 def dials_frames(export_npz: str | Path, n_frames: int) -> list[DialsFrame]:
-    """Per frame: DIALS' crystal, integrated reflections, strong spots and geometry (workflow/scripts/dials_export.py)."""
+    """Per frame: DIALS' crystal, integrated reflections, strong spots and geometry (scripts/dials_export.py)."""
     try:
         ex = np.load(export_npz)
     except (OSError, ValueError) as exc:
@@ -244,13 +242,11 @@ def dials_reference(frame: DialsFrame, wavelength_angstrom: float, distance_shif
     return Reference(frame.panel[strong], xy[strong], d, frame.panel[weak], xy[weak])
 
 
-def energy_distance_used(pred_path: str | Path, i: int) -> tuple[float, float, str]:
-    """(wavelength A, camera length m, source) for frame i: the energy / camera-length model's most probable
-    classes."""
-    from .ml.predict import read_prediction
+def energy_distance_used(p: dict[str, Any], i: int) -> tuple[float, float, str]:
+    """(wavelength A, camera length m, source) for frame i: the most probable classes of the energy /
+    camera-length model's prediction ``p`` (``ml.predict.read_prediction``)."""
     from .units import wavelength_angstrom
 
-    p = read_prediction(pred_path)
     e = p["energies_kev"][int(np.argmax(p["energy_probability"][i]))]
     d = p["camera_lengths_m"][int(np.argmax(p["camera_length_probability"][i]))]
     return wavelength_angstrom(e), d, "energy_distance model"
@@ -266,45 +262,51 @@ def evaluate_predictions(*, experiment: str, model: str, frames_path: str, peak_
 
     import h5py
 
+    from .ml.predict import read_prediction
+    from .overlay import read_overlay_frames, read_overlay_truth
+
     info = read_frames_info(frames_path)
     settings = json.loads(Path(baseline_json).read_text())["settings"]
-    with h5py.File(peak_pred, "r") as f:
-        threshold, min_px = float(f.attrs["threshold"]), int(f.attrs["min_spot_px"])
-        prob_ds = f["pred"]
-        probs = [prob_ds[i] for i in range(info.n_frames)]
     dials = dials_frames(dials_export, info.n_frames) if dials_export else None
+    energy_distance = read_prediction(energy_distance_pred) if energy_distance_pred else None
+    if truth_source:  # read once: every frame's truth rows come from these tables
+        truth_frames, truth = read_overlay_frames(truth_source), read_overlay_truth(truth_source)
     radius = float(cfg["match_radius_px"])
     rows, offsets = [], []
-    for i in range(info.n_frames):
-        photons = read_frame_photons(frames_path, i)
-        prob = probs[i] if info.n_panels > 1 else probs[i][None]
-        finders = {"cnn": cnn_found(prob, photons, threshold, min_px), "dispersion": dispersion_found(photons, settings)}
-        if dials is not None:
-            finders["dials"] = dials[i].strong
-        refs = {}
-        if truth_source:
-            refs["truth"] = (truth_reference(truth_source, int(info.source_index[i]), info, i),
-                             float(info.wavelength_angstrom[i]),
-                             info.panels.distance_mm(info.beam_direction[i]) / 1e3, "simulation truth")
-        if dials is not None and dials[i].indexed:
-            fr, min_ios = dials[i], float(cfg["min_i_over_sigma"])
-            refs["dials"] = (dials_reference(fr, fr.wavelength_angstrom, 0.0, min_ios), fr.wavelength_angstrom,
-                             fr.distance_mm / 1e3, "DIALS geometry")
-            if energy_distance_pred:
-                wl, dist_m, source = energy_distance_used(energy_distance_pred, i)
-                refs["dials_predicted_geometry"] = (dials_reference(fr, wl, dist_m * 1e3 - fr.distance_mm, min_ios),
-                                                    wl, dist_m, source)
-        for ref_name, (ref, wl, dist_m, source) in refs.items():
-            for finder, found in finders.items():
-                counts, off = score_frame(found, ref, radius, info, info.beam_direction[i])
-                rows.append({"experiment": experiment, "model": model, "finder": finder, "reference": ref_name,
-                             "frame": i, "wavelength_angstrom_used": wl, "camera_length_m_used": dist_m,
-                             "geometry_source": source, **counts})
-                if len(off):
-                    offsets.append(off.assign(experiment=experiment, model=model, finder=finder, reference=ref_name,
-                                              frame=i))
-        if log:
-            log.info("frame %d: %s", i, {k: len(v.panel) for k, v in finders.items()})
+    with h5py.File(peak_pred, "r") as pred_file:  # one frame of probabilities in memory at a time
+        threshold, min_px = float(pred_file.attrs["threshold"]), int(pred_file.attrs["min_spot_px"])
+        for i in range(info.n_frames):
+            photons = read_frame_photons(frames_path, i)
+            prob = pred_file["pred"][i] if info.n_panels > 1 else pred_file["pred"][i][None]
+            finders = {"cnn": cnn_found(prob, photons, threshold, min_px),
+                       "dispersion": dispersion_found(photons, settings)}
+            if dials is not None:
+                finders["dials"] = dials[i].strong
+            refs = {}
+            if truth_source:
+                frame_index = int(truth_frames.frame_index.iloc[int(info.source_index[i])])
+                refs["truth"] = (truth_reference(truth, frame_index, info, i),
+                                 float(info.wavelength_angstrom[i]),
+                                 info.panels.distance_mm(info.beam_direction[i]) / 1e3, "simulation truth")
+            if dials is not None and dials[i].indexed:
+                fr, min_ios = dials[i], float(cfg["min_i_over_sigma"])
+                refs["dials"] = (dials_reference(fr, fr.wavelength_angstrom, 0.0, min_ios), fr.wavelength_angstrom,
+                                 fr.distance_mm / 1e3, "DIALS geometry")
+                if energy_distance is not None:
+                    wl, dist_m, source = energy_distance_used(energy_distance, i)
+                    shift_mm = dist_m * 1e3 - fr.distance_mm
+                    refs["dials_predicted_geometry"] = (dials_reference(fr, wl, shift_mm, min_ios), wl, dist_m, source)
+            for ref_name, (ref, wl, dist_m, source) in refs.items():
+                for finder, found in finders.items():
+                    counts, off = score_frame(found, ref, radius, info, info.beam_direction[i])
+                    rows.append({"experiment": experiment, "model": model, "finder": finder, "reference": ref_name,
+                                 "frame": i, "wavelength_angstrom_used": wl, "camera_length_m_used": dist_m,
+                                 "geometry_source": source, **counts})
+                    if len(off):
+                        offsets.append(off.assign(experiment=experiment, model=model, finder=finder,
+                                                  reference=ref_name, frame=i))
+            if log:
+                log.info("frame %d: %s", i, {k: len(v.panel) for k, v in finders.items()})
     cols = ["experiment", "model", "finder", "reference", "frame", "d_angstrom", "offset_px", "radial_px",
             "transverse_px"]
     off = pd.concat(offsets, ignore_index=True)[cols] if offsets else pd.DataFrame(columns=cols)

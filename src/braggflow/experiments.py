@@ -22,6 +22,7 @@ from .errors import InputError
 from .geometry import Geometry
 from .matrix import Dataset
 from .panels import Panels, write_frames_file
+from .units import energy_kev
 
 DEFAULT_DATA_PATHS = ("/entry/data/data", "/entry_1/data_1/data")
 SHIFTED_SEED_BASE = 1_000_000  # shifted sets draw crystals apart from every matrix dataset
@@ -191,7 +192,7 @@ def _nxmx_geometry(f: h5py.File, path, shape) -> Geometry:
     return Geometry(detector_name="NXmx", n_fast=shape[1], n_slow=shape[0], pixel_size_m=pixel,
                     camera_length_m=value(det["distance"], "m"),
                     beam_center_px=(value(det["beam_center_x"], "pixel"), value(det["beam_center_y"], "pixel")),
-                    energy_kev=12.398419843320026 / wl, sensor_material="Si", sensor_thickness_mm=0.0001)
+                    energy_kev=energy_kev(wl), sensor_material="Si", sensor_thickness_mm=0.0001)
 
 
 _GEOM_LINE = re.compile(r"^\s*([A-Za-z0-9_/]+)\s*=\s*(.*?)\s*$")
