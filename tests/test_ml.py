@@ -9,6 +9,7 @@ import uuid
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -223,6 +224,25 @@ def test_network_input_marks_untrusted_pixels():
     x = D.network_input(counts)
     assert x.shape == (3, 16, 16) and (x[:, :, 4] == 0).all() and x[2, 0, 0] == 1
     assert x[0, 0, 0] == pytest.approx(np.log1p(3))
+
+
+def test_tiles_overhang_the_frame_edges_like_inference_padding():
+    # Inference zero-pads whole frames and panels; training tiles must show the net that border, or it calls
+    # the noise along every frame edge a peak.
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(10, (100, 120)).astype(np.int32)
+    label = np.zeros(counts.shape, bool)
+    label[50, 60] = True
+    truth = pd.DataFrame({"x_px": [60.5], "y_px": [50.5], "photons": [100.0], "visible": [True]})
+    x, y = D.sample_tiles(counts, label, truth, 400, 32, rng)
+    mask = x[:, 2]
+    overhang = (mask == 0).any(axis=(1, 2))
+    assert 0.05 < overhang.mean() < 0.9
+    assert np.all(x[:, :2][np.broadcast_to(mask[:, None] == 0, x[:, :2].shape)] == 0)
+    # Labels move with the inputs: every labelled pixel sits where the input holds the peak's counts.
+    hits = np.nonzero(y[:, 0])
+    assert len(hits[0]) > 0
+    assert np.allclose(x[hits[0], 0, hits[1], hits[2]], np.log1p(counts[50, 60]))
 
 
 def test_broken_shard_names_the_file(tmp_path):

@@ -171,8 +171,13 @@ def reflection_target(label: np.ndarray, truth: pd.DataFrame) -> np.ndarray:
 def sample_tiles(counts: np.ndarray, label: np.ndarray, truth: pd.DataFrame, n_tiles: int, tile_px: int,
                  rng: np.random.Generator, peak_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """n_tiles crops (inputs (n, 3, t, t), labels (n, 1, t, t)): about half centred near visible reflections
-    (jittered so peaks are not always central), the rest anywhere on the frame."""
+    (jittered so peaks are not always central), the rest anywhere on the frame.
+
+    Crops may overhang the frame edges by up to half a tile, into zeros in every channel: inference pads whole
+    frames (and small panels) with zeros the same way, and a net that never saw the frame's edge reports noise
+    there as peaks."""
     ny, nx = counts.shape
+    pad = tile_px // 2
     visible = truth[truth.visible.astype(bool)]
     n_peak = int(round(peak_fraction * n_tiles)) if len(visible) else 0
     corners = []
@@ -182,14 +187,18 @@ def sample_tiles(counts: np.ndarray, label: np.ndarray, truth: pd.DataFrame, n_t
         cy = visible.y_px.to_numpy()[pick] + rng.uniform(-tile_px / 3, tile_px / 3, n_peak)
         corners += list(zip((cy - tile_px / 2).astype(int), (cx - tile_px / 2).astype(int)))
     n_rand = n_tiles - n_peak
-    corners += list(zip(rng.integers(0, ny - tile_px + 1, n_rand), rng.integers(0, nx - tile_px + 1, n_rand)))
-    full = network_input(counts)  # the whole frame: the local background needs the tiles' surroundings
+    corners += list(zip(rng.integers(-pad, ny - tile_px + pad + 1, n_rand),
+                        rng.integers(-pad, nx - tile_px + pad + 1, n_rand)))
+    # The whole frame, zero-padded: the local background needs the tiles' surroundings.
+    full = np.pad(network_input(counts), ((0, 0), (pad, pad), (pad, pad)))
+    lab = np.pad(label, pad)
     x = np.empty((n_tiles, INPUT_CHANNELS, tile_px, tile_px), np.float32)
     y = np.empty((n_tiles, 1, tile_px, tile_px), np.float32)
     for i, (y0, x0) in enumerate(corners):
-        y0, x0 = int(np.clip(y0, 0, ny - tile_px)), int(np.clip(x0, 0, nx - tile_px))
+        y0 = int(np.clip(y0, -pad, ny - tile_px + pad)) + pad
+        x0 = int(np.clip(x0, -pad, nx - tile_px + pad)) + pad
         x[i] = full[:, y0:y0 + tile_px, x0:x0 + tile_px]
-        y[i, 0] = label[y0:y0 + tile_px, x0:x0 + tile_px]
+        y[i, 0] = lab[y0:y0 + tile_px, x0:x0 + tile_px]
     return x, y
 
 
