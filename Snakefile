@@ -26,6 +26,7 @@ include: "rules/overlays.smk"
 include: "rules/processing.smk"
 include: "rules/training.smk"
 include: "rules/experiments.smk"
+include: "rules/matched.smk"
 
 
 rule all:

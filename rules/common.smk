@@ -1,4 +1,5 @@
 # Dataset matrix, path helpers, input functions and wildcard constraints shared by every stage.
+import copy
 import functools
 import importlib.util
 import os
@@ -53,7 +54,8 @@ def sf_mtz(structure, energy):
 
 
 def all_sf_mtz():
-    return [sf_mtz(s, e) for s in STRUCTURES for e in ENERGIES]
+    """Matrix structure factors of the structures simulated on the matrix."""
+    return [sf_mtz(s, e) for s in SIM_STRUCTURES for e in ENERGIES]
 
 
 SIM = config["simulation"]
@@ -296,9 +298,14 @@ def experiment_dials_phil(experiment):
 
 
 def experiment_models(experiment, kinds=("peak_finder", "hit_classifier")):
-    """Model names of an experiment: <kind>-<dataset> per listed dataset, and energy_distance where it applies."""
+    """Model names of an experiment: <kind>-<dataset> per listed dataset (predict_with matrix or both),
+    peak_finder-matched (matched or both), and energy_distance where it applies."""
     e = EXPERIMENTS[experiment]
-    names = [f"{k}-{d}" for k in kinds if k != "energy_distance" for d in e.models]
+    names = []
+    if e.predict_with in ("matrix", "both"):
+        names += [f"{k}-{d}" for k in kinds if k != "energy_distance" for d in e.models]
+    if "peak_finder" in kinds and e.predict_with in ("matched", "both"):
+        names.append("peak_finder-matched")
     if "energy_distance" in kinds and e.energy_distance:
         names.append("energy_distance")
     return names
@@ -307,7 +314,9 @@ def experiment_models(experiment, kinds=("peak_finder", "hit_classifier")):
 def model_paths(experiment, model):
     """(weights, card) of a model name of an experiment's structure."""
     structure = EXPERIMENTS[experiment].structure
-    if model == "energy_distance":
+    if model == "peak_finder-matched":
+        stem = matched_file(experiment, "peak_finder")
+    elif model == "energy_distance":
         stem = f"results/models/{structure}/energy_distance"
     else:
         kind, dataset = model.split("-", 1)
@@ -350,3 +359,55 @@ def experiment_targets():
         for f in [f"results/evaluation/{x}/offsets.png"]
         + [prediction_file(x, m) for m in experiment_models(x, ("peak_finder", "hit_classifier", "energy_distance"))]
     ]
+
+
+# ---------------------------------------------------------------- matched (sim-to-real) training, rules/matched.smk
+MATCHED = [x for x, e in EXPERIMENTS.items() if e.matched]
+
+
+def matched_pattern():
+    return "|".join(MATCHED) if MATCHED else NEVER
+
+
+def matched_file(experiment, name):
+    return f"results/matched/{experiment}/{name}"
+
+
+def matched_shard_names(experiment):
+    m = EXPERIMENTS[experiment].matched
+    return [f"{i:04d}" for i in range(-(-m["frames"] // m["frames_per_shard"]))]
+
+
+def matched_shards(experiment):
+    return [matched_file(experiment, f"shard_{s}.h5") for s in matched_shard_names(experiment)]
+
+
+def matched_shard_frames(experiment, shard):
+    m = EXPERIMENTS[experiment].matched
+    frames = frame_indices(int(shard), m["frames_per_shard"], m["frames"])
+    return frames.start, frames.stop
+
+
+def matched_section_of(experiment, section):
+    from braggflow.experiments import matched_section
+
+    return matched_section(config, EXPERIMENTS[experiment].matched, section)
+
+
+def matched_jet_thickness_m(experiment):
+    um = EXPERIMENTS[experiment].matched["jet_thickness_um"]
+    return (um if um is not None else config["water"]["jet_thickness_um"]) * 1e-6
+
+
+def matched_training(experiment):
+    """training with the experiment's peak_finder overrides."""
+    t = copy.deepcopy(config["training"])
+    t["peak_finder"].update(EXPERIMENTS[experiment].matched["peak_finder"])
+    return t
+
+
+def baseline_of(experiment, dataset):
+    """The dispersion finder's tuned settings: the matched model's own, or the matrix dataset's."""
+    if dataset == "matched":
+        return matched_file(experiment, "baseline_peaks.json")
+    return model_file(EXPERIMENTS[experiment].structure, dataset, "baseline_peaks.json")

@@ -1,6 +1,7 @@
 # Experimental inputs: the shifted simulation (a forward model the models were not trained on), frames read from
 # files (dxtbx for any format DIALS reads, h5py for HDF5 + .geom), DIALS on them, one prediction file per
-# (model x input), and the peak-position evaluator. GPU rules: simulate_shifted, predict.
+# (model x input; the matrix models, the experiment-matched one of rules/matched.smk, or both), and the
+# peak-position evaluator. GPU rules: simulate_shifted, predict.
 
 
 rule shifted_water_background:
@@ -152,7 +153,7 @@ rule predict:
     benchmark:
         "results/benchmarks/predict/{experiment}/{model}.tsv"
     wildcard_constraints:
-        model=rf"(peak_finder|hit_classifier)-{DATASET_RE}|energy_distance",
+        model=rf"(peak_finder|hit_classifier)-{DATASET_RE}|peak_finder-matched|energy_distance",
     conda:
         training_conda_env()
     script:
@@ -163,7 +164,7 @@ rule evaluate_predictions:
     input:
         frames="results/experiments/{experiment}/frames.h5",
         pred="results/predictions/{experiment}/peak_finder-{dataset}/{experiment}_probability_pred.h5",
-        baseline=lambda wc: model_file(EXPERIMENTS[wc.experiment].structure, wc.dataset, "baseline_peaks.json"),
+        baseline=lambda wc: baseline_of(wc.experiment, wc.dataset),
         dials="results/experiments/{experiment}/dials/export.npz",
         energy_distance=lambda wc: energy_distance_prediction(wc.experiment),
         truth=lambda wc: truth_source(wc.experiment),
@@ -174,6 +175,8 @@ rule evaluate_predictions:
         evaluation=EVALUATION,
     log:
         "logs/evaluation/{experiment}/peak_finder-{dataset}.log",
+    wildcard_constraints:
+        dataset=rf"{DATASET_RE}|matched",
     conda:
         "../envs/braggflow.yaml"
     script:

@@ -97,9 +97,11 @@ def test_one_model_or_one_input_reruns_alone(tiny_run):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     counts = job_counts(out)
-    # Both inputs' frames again (shifted set and CSPAD shots): their DIALS runs, all 5 + 2 predictions, the 2 + 1
-    # evaluations, the plots and the summary; no training and no simulation.
-    assert counts["import_frames_dxtbx"] == 2 and counts["predict"] == 7 and counts["evaluate_predictions"] == 3
+    # Both inputs' frames again (shifted set and CSPAD shots): their DIALS runs, all 5 + 3 predictions, the 2 + 2
+    # evaluations, the plots and the summary; the CSPAD's matched model again (simulated in the frames' geometry);
+    # no matrix training and no shifted simulation.
+    assert counts["import_frames_dxtbx"] == 2 and counts["predict"] == 8 and counts["evaluate_predictions"] == 4
+    assert counts["matched_frames"] == 1 and counts["train_matched_peak_finder"] == 1
     assert counts["dials_experiment"] == 2 and "train_peak_finder" not in counts and "simulate_shifted" not in counts
 
 
@@ -117,3 +119,23 @@ def test_real_cspad_stills_predict_per_panel_and_are_scored_against_dials(tiny_r
     own = cspad[cspad.finder == "dials"].iloc[0]
     # DIALS indexed both shots; its own strong spots sit on its predictions of the I/sigma >= 5 reflections.
     assert own.frames == 2 and own.recall > 0.9 and own.median_offset_px < 1.0
+
+
+def test_the_matched_model_is_trained_in_the_cspad_geometry_and_scored_beside_the_matrix_model(tiny_run):
+    from braggflow.ml import data as D
+
+    shard = tiny_run / "results/matched/cspad/shard_0000.h5"
+    refs = D.index_shards([shard])
+    assert len(refs) == 3 and refs[0].energy_kev == pytest.approx(12.398 / 1.2726, rel=1e-3)
+    counts, _ = D.read_frame(refs[0])
+    assert counts.shape == (64 * 185 + 63 * 32, 194)  # 64 CSPAD panels stacked, 32 untrusted rows apart
+    with h5py.File(shard) as f:
+        np.testing.assert_allclose(f["braggflow/panels/origin_mm"][()],
+                                   read_frames_info(tiny_run / "results/experiments/cspad/frames.h5").panels.origin_mm)
+    card = json.loads((tiny_run / "results/matched/cspad/peak_finder.json").read_text())
+    assert card["datasets"] == ["matched-cspad"]
+    with h5py.File(tiny_run / "results/predictions/cspad/peak_finder-matched/cspad_probability_pred.h5") as f:
+        assert f["pred"].shape == (2, 64, 185, 194) and f["model_id"][()].decode() == card["model_id"]
+    s = pd.read_csv(tiny_run / "results/evaluation/summary.tsv", sep="\t")
+    cspad = s[s.experiment == "cspad"]
+    assert set(cspad.model) == {"peak_finder-8keV_100mm", "peak_finder-matched"}

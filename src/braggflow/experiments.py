@@ -26,6 +26,7 @@ from .units import energy_kev
 
 DEFAULT_DATA_PATHS = ("/entry/data/data", "/entry_1/data_1/data")
 SHIFTED_SEED_BASE = 1_000_000  # shifted sets draw crystals apart from every matrix dataset
+MATCHED_SEED_OFFSET = 20_000_000  # beyond every shifted set's index (SHIFTED_SEED_BASE + 3 bytes)
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,18 @@ class Experiment:
     geometry: str | None = None
     adu_per_photon: float | None = None
     dials: dict[str, Any] = field(default_factory=dict)
+    matched: dict[str, Any] | None = None
+    predict_with: str = "matrix"
 
     @property
     def seed_index(self) -> int:
         """Per-set index in every random seed (a hash of the name: independent of the order of the config)."""
         return SHIFTED_SEED_BASE + int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:3], "little")
+
+    @property
+    def matched_seed_index(self) -> int:
+        """Seed index of the matched training frames: apart from the shifted set and every matrix dataset."""
+        return self.seed_index + MATCHED_SEED_OFFSET
 
 
 def _key(name: str, key: str) -> str:
@@ -80,11 +88,14 @@ def experiment_specs(config: dict[str, Any], datasets: dict[str, Dataset], schem
             if not e["files"]:
                 problems.append(f"{_key(name, 'files')}: kind 'file' needs at least one input file")
             models = tuple(e["models"]) or tuple(datasets)
+        problems += _check_matched(name, e, config, schema)
         out[name] = Experiment(name=name, kind=e["kind"], structure=e["structure"], models=models,
                                energy_distance=bool(e["energy_distance"]), like=e["like"], frames=int(e["frames"]),
                                shift=e["shift"], files=tuple(e["files"]), reader=e["reader"],
                                dataset_path=e["dataset_path"], geometry=e["geometry"],
-                               adu_per_photon=e["adu_per_photon"], dials=e["dials"])
+                               adu_per_photon=e["adu_per_photon"], dials=e["dials"],
+                               matched=e["matched"] if e["matched"]["structure"] is not None else None,
+                               predict_with=e["predict_with"])
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     for exp in out.values():
@@ -94,15 +105,40 @@ def experiment_specs(config: dict[str, Any], datasets: dict[str, Dataset], schem
 
 
 def _check_section(name: str, section: str, config: dict[str, Any], overrides: dict[str, Any],
-                   schema: dict[str, Any]) -> list[str]:
+                   schema: dict[str, Any], where: str = "shift") -> list[str]:
     """The config's section with the overrides merged in must satisfy the section's schema."""
     import jsonschema
 
     sub = schema["properties"][section]
     merged = {**config[section], **overrides}
     errors = jsonschema.Draft202012Validator(sub).iter_errors(merged)
-    return [_describe(err).replace("config key '", f"config key 'experiments.{name}.shift.{section}.", 1)
+    return [_describe(err).replace("config key '", f"config key 'experiments.{name}.{where}.{section}.", 1)
             for err in errors]
+
+
+def _check_matched(name: str, e: dict[str, Any], config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    m = e["matched"]
+    if m["structure"] is None:
+        return ([f"{_key(name, 'predict_with')}: {e['predict_with']!r} needs a matched section"]
+                if e["predict_with"] != "matrix" else [])
+    problems = []
+    if m["structure"] not in config["structures"]:
+        problems.append(f"{_key(name, 'matched.structure')}: {m['structure']!r} is not among structures "
+                        f"{sorted(config['structures'])}")
+    for section in ("beam", "simulation", "overlay"):
+        problems += _check_section(name, section, config, m[section], schema, where="matched")
+    pf_schema = {"properties": {"peak_finder": schema["properties"]["training"]["properties"]["peak_finder"]}}
+    pf = {**config["training"]["peak_finder"], **m["peak_finder"]}
+    problems += _check_section(name, "peak_finder", {"peak_finder": pf}, {}, pf_schema, where="matched")
+    return problems
+
+
+def matched_section(config: dict[str, Any], matched: dict[str, Any], section: str) -> dict[str, Any]:
+    """A config section with the experiment's matched overrides; training frames are in photons."""
+    merged = {**config[section], **matched[section]}
+    if section == "overlay":
+        merged["adu_per_photon"] = 1.0
+    return merged
 
 
 def check_input_files(exp: Experiment, base: str | Path = ".") -> None:

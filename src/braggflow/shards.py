@@ -59,8 +59,12 @@ class SimulationSettings:
 
     @classmethod
     def from_config(cls, sim: dict[str, Any], geometry: Geometry, beam: Beam) -> "SimulationSettings":
+        return cls.at_wavelength(sim, geometry.wavelength_angstrom, beam)
+
+    @classmethod
+    def at_wavelength(cls, sim: dict[str, Any], wavelength_angstrom: float, beam: Beam) -> "SimulationSettings":
         try:
-            draws = DrawConfig(wavelength_A=geometry.wavelength_angstrom,
+            draws = DrawConfig(wavelength_A=wavelength_angstrom,
                                fluence_photons_per_m2=beam.fluence_per_m2, **{k: sim[k] for k in DRAW_KEYS})
         except ValueError as exc:
             raise ValueError(f"config key 'simulation': {exc}") from None

@@ -168,3 +168,47 @@ def read_structure(path: str | Path) -> CrystalModel:
     if suffix in CIF_SUFFIXES:
         return _read_macromolecule(path) if _cif_kind(path) == "macromolecule" else _read_small(path)
     raise InputError(path, f"unknown structure format {suffix!r} (use .pdb, .ent, .cif or .mmcif)")
+
+
+# ---------------------------------------------------------------- stand-in for a structure with no model file
+
+# Mean atoms per residue of a protein (C, N, O, S; no hydrogens) and the protein volume per residue.
+ATOMS_PER_RESIDUE = {"C": 5.0, "N": 1.35, "O": 1.5, "S": 0.04}
+ANGSTROM3_PER_RESIDUE = 135.0
+
+
+def write_pseudo_protein(path: str | Path, *, space_group: str, cell: tuple[float, ...], residues: int,
+                         ions: dict[str, int], b_iso_angstrom2: float, seed: int) -> None:
+    """A random-atom protein stand-in: ``residues`` worth of C/N/O/S (plus ``ions``) spread uniformly through a
+    sphere of the protein's volume at a random place in the cell, as one asymmetric unit of ``space_group``.
+
+    Spot positions depend only on the cell; intensities follow Wilson statistics at high resolution, and the
+    compact molecular envelope keeps low-resolution reflections strong, as in a real protein crystal. Not the
+    protein's phases or its individual intensities. Written as PDB (deterministic for a seed)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9D8]))
+    sg = gemmi.SpaceGroup(space_group)
+    uc = gemmi.UnitCell(*cell)
+    elements = []
+    for el, per in ATOMS_PER_RESIDUE.items():
+        elements += [el] * int(round(per * residues))
+    for el, count in sorted(ions.items()):
+        elements += [el.upper()] * int(count)
+    radius = (3.0 * residues * ANGSTROM3_PER_RESIDUE / (4.0 * np.pi)) ** (1.0 / 3.0)
+    centre = uc.orthogonalize(gemmi.Fractional(*rng.random(3)))
+    v = rng.standard_normal((len(elements), 3))
+    v *= (radius * rng.random(len(elements)) ** (1.0 / 3.0) / np.linalg.norm(v, axis=1))[:, None]
+    lines = [f"REMARK   1 random-atom stand-in: {residues} residues of C/N/O/S in a sphere of radius {radius:.1f} A, "
+             f"ions {dict(sorted(ions.items()))}, B {b_iso_angstrom2:g} A^2, seed {seed}",
+             f"CRYST1{cell[0]:9.3f}{cell[1]:9.3f}{cell[2]:9.3f}{cell[3]:7.2f}{cell[4]:7.2f}{cell[5]:7.2f} "
+             f"{sg.hm:<11s}{len(sg.operations()):4d}"]
+    n_protein = len(elements) - sum(ions.values())
+    for i, (el, d) in enumerate(zip(elements, v), start=1):
+        x, y, z = centre.x + d[0], centre.y + d[1], centre.z + d[2]
+        record, resname, resseq = ("ATOM  ", "UNK", (i - 1) // 8 + 1) if i <= n_protein else ("HETATM", el, 9000 + i - n_protein)
+        lines.append(f"{record}{i:5d} {el:<4s} {resname:>3s} A{resseq:4d}    {x:8.3f}{y:8.3f}{z:8.3f}"
+                     f"{1.0:6.2f}{b_iso_angstrom2:6.2f}          {el:>2s}")
+    lines.append("END")
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")

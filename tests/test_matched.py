@@ -1,0 +1,226 @@
+"""Training frames in an experiment's own geometry (braggflow.matched): multi-panel simulation, per-pixel water,
+the stacked training shard, the thermolysin stand-in and the config checks."""
+
+import copy
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import RESOURCES, ROOT
+
+from braggflow.beam import Beam
+from braggflow.config import ConfigError, load_schema
+from braggflow.experiments import experiment_specs
+from braggflow.matched import (STACK_GAP_PX, beam_rotation, d_min_angstrom, panel_detectors, stack_panels,
+                               stacked_offsets, unstack_panels, water_panels, write_matched_shard)
+from braggflow.matrix import Dataset
+from braggflow.overlay import OverlaySettings
+from braggflow.panels import Panels, read_frames_info, write_frames_file
+from braggflow.shards import SimulationSettings, flat_detector
+from braggflow.simulator import FlatDetector, StructureFactorTable, simulate_still, truth_reflections
+from braggflow.structures import read_structure
+
+TABLE = RESOURCES / "water/water_scattering_25C.csv"
+BEAM = Beam(photons_per_pulse=1e12, size_m=(1e-6, 1e-6), polarization_fraction=0.99, polarization_angle_deg=30.0)
+
+
+def rot_x(deg):
+    a = np.radians(deg)
+    return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+
+def split_panels(det: FlatDetector, rows: int, q=np.eye(3)) -> Panels:
+    """``det`` cut into a top (``rows`` rows) and a bottom panel, the whole lab frame rotated by ``q``."""
+    o = np.asarray(det.origin_mm)
+    f, s = np.asarray(det.fast_axis), np.asarray(det.slow_axis)
+    origins = np.stack([o, o + rows * det.pixel_size_mm * s])
+    px = det.pixel_size_mm
+    return Panels(("top", "bottom"), origins @ q.T, np.stack([f, f]) @ q.T, np.stack([s, s]) @ q.T,
+                  np.full((2, 2), px), np.array([[det.n_fast, rows], [det.n_fast, det.n_slow - rows]]))
+
+
+def test_beam_rotation_takes_the_beam_to_the_simulators_incident_direction():
+    for b in ([0, 0, -1], [0, 0, 1], [0.01, -0.02, -1], [1, 0, 0]):
+        r = beam_rotation(np.array(b, float))
+        assert np.allclose(r @ (np.array(b) / np.linalg.norm(b)), [0, 0, -1], atol=1e-12)
+        assert np.allclose(r @ r.T, np.eye(3), atol=1e-12) and np.linalg.det(r) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("tilt_deg", [0.0, 3.0])
+def test_two_panels_simulate_exactly_the_single_panel_they_were_cut_from(tilt_deg):
+    # The same crystal on one 48 x 40 panel and on that panel cut in two (the lab frame tilted by 3 deg about x,
+    # the beam with it): the per-panel images and truth positions are the single panel's.
+    det = FlatDetector.from_beam_center(60.0, (20.0, 18.0), 0.1, 48, 40)
+    q = rot_x(tilt_deg)
+    dets = panel_detectors(split_panels(det, 15, q), q @ np.array([0.0, 0.0, -1.0]))
+    assert [d.n_slow for d in dets] == [15, 25]
+    a = np.diag([1 / 20.0, 1 / 24.0, 1 / 28.0]) @ rot_x(20.0)
+    sf = StructureFactorTable(np.full((1, 1, 1), 0.0), (0, 0, 0), default_F=100.0)
+    kw = dict(A_matrix=a, structure_factors=sf, wavelengths_A=[1.0, 1.002], ncells=(8, 8, 8), shape="round",
+              oversample=2, kahn_factor=0.5)
+    whole = simulate_still(detector=det, exhaustive=True, **kw)
+    parts = [simulate_still(detector=d, exhaustive=True, **kw) for d in dets]
+    assert whole.max() > 0
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-9, atol=1e-12 * whole.max())
+    truth = truth_reflections(detector=det, image=whole, min_photons=1e-12, **kw)
+    per = [truth_reflections(detector=d, image=p, min_photons=1e-12, **kw) for d, p in zip(dets, parts)]
+    ys = np.concatenate([per[0].y_px, per[1].y_px + 15])
+    xs = np.concatenate([per[0].x_px, per[1].x_px])
+    assert len(ys) == len(truth) > 0
+    order, ref = np.lexsort((xs, ys)), np.lexsort((truth.x_px, truth.y_px))
+    np.testing.assert_allclose(ys[order], truth.y_px[ref], atol=1e-9)
+    np.testing.assert_allclose(xs[order], truth.x_px[ref], atol=1e-9)
+
+
+def test_water_per_pixel_matches_the_pyfai_model_on_a_single_panel():
+    from braggflow.geometry import dataset_geometry
+    from braggflow.water import water_image
+
+    g = dataset_geometry({"detector": {"pyfai_name": "Eiger4M", "sensor_material": "Si", "sensor_thickness_mm": 0.45,
+                                       "beam_center_px": None}}, Dataset("x", 8.0, 0.1, 0))
+    det = flat_detector(g)
+    ref = water_image(g, BEAM, 5e-6, TABLE)
+    mine = water_panels([det], g.wavelength_angstrom, BEAM, 5e-6, TABLE)[0]
+    good = ~ref.mask
+    np.testing.assert_allclose(mine[good], ref.photons[good], rtol=2e-5)
+    assert d_min_angstrom([det], g.wavelength_angstrom) == pytest.approx(g.d_min_angstrom(), rel=1e-6)
+
+
+def test_stacking_keeps_panels_apart_by_the_gap():
+    a = np.arange(3 * 4 * 5, dtype=np.int32).reshape(3, 4, 5)
+    s = stack_panels(a, -1)
+    assert s.shape == (3 * 4 + 2 * STACK_GAP_PX, 5)
+    assert list(stacked_offsets(3, 4)) == [0, 4 + STACK_GAP_PX, 8 + 2 * STACK_GAP_PX]
+    assert (s[4:4 + STACK_GAP_PX] == -1).all()
+    np.testing.assert_array_equal(unstack_panels(s, 3, 4), a)
+
+
+@pytest.fixture(scope="module")
+def small_experiment(tmp_path_factory):
+    """A frames file of two tilted 40 x 48 panels at 1.3 A, with a few untrusted pixels, and an MTZ of the
+    thermolysin stand-in to 5 A."""
+    from braggflow.sf import compute_sf_table, write_mtz
+
+    tmp = tmp_path_factory.mktemp("matched")
+    det = FlatDetector.from_beam_center(50.0, (-2.0, 20.0), 0.11, 48, 80)
+    q = rot_x(1.5)
+    panels = split_panels(det, 40, q)
+    frames = np.zeros((1, 2, 40, 48), np.float32)
+    frames[0, 1, 5, 7] = -1.0
+    write_frames_file(tmp / "frames.h5", frames, panels, 1.3, q @ np.array([0.0, 0.0, -1.0]), ["x.cbf"], [0], 1.0,
+                      "test")
+    model = read_structure(RESOURCES / "structures/thermolysin_stand_in.pdb")
+    write_mtz(tmp / "sf.mtz", model, compute_sf_table(model, 9.537, 5.0), 9.537)
+    return tmp
+
+
+def matched_shard(path, experiment_dir, frames=range(3)):
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    sim = dict(cfg["simulation"], backend="numpy", ncells={"dist": "fixed", "value": 40}, mosaic_domains=1,
+               spectrum_samples=1)
+    info = read_frames_info(experiment_dir / "frames.h5")
+    beam = Beam(photons_per_pulse=1e11, size_m=(1e-6, 1e-6), polarization_fraction=0.99, polarization_angle_deg=0.0)
+    return write_matched_shard(path, info=info, mtz_path=experiment_dir / "sf.mtz", water_table=TABLE, beam=beam,
+                               simulation=SimulationSettings.at_wavelength(sim, 1.3, beam),
+                               overlay=OverlaySettings.from_config(dict(cfg["overlay"], blank_fraction=0.0)),
+                               jet_thickness_m=2e-6, seed=7, dataset="matched-x", dataset_index=3, frames=frames,
+                               structure="thermolysin")
+
+
+def test_matched_shard_is_a_training_shard_of_stacked_panels(small_experiment, tmp_path):
+    from braggflow.ml import data as D
+
+    stats = matched_shard(tmp_path / "shard.h5", small_experiment)
+    assert stats["frames"] == 3 and stats["hits"] == 3
+    refs = D.index_shards([tmp_path / "shard.h5"])
+    assert len(refs) == 3 and refs[0].energy_kev == pytest.approx(12.398419843320026 / 1.3)
+    counts, label = D.read_frame(refs[0])
+    assert counts.shape == (2 * 40 + STACK_GAP_PX, 48)
+    assert (counts[40:40 + STACK_GAP_PX] == -1).all()  # the gap
+    assert counts[40 + STACK_GAP_PX + 5, 7] == -1  # the experiment's untrusted pixel
+    assert (counts[:40] >= 0).mean() > 0.99
+    with h5py.File(tmp_path / "shard.h5") as f:
+        t = {k: f["braggflow/truth"][k][()] for k in f["braggflow/truth"]}
+        offsets = f["braggflow/panels/stacked_row_offset"][()]
+        water = f["braggflow/water_photons"][()]
+    assert water.shape == (2, 40, 48) and 0 < water.mean() < 10
+    assert len(t["x_px"]) > 0 and set(np.unique(t["panel"])) <= {0, 1}
+    np.testing.assert_allclose(t["y_px"], t["panel_y_px"] + offsets[t["panel"]])
+    assert ((t["panel_y_px"] >= 0) & (t["panel_y_px"] < 40)).all()
+    vis = t["visible"].astype(bool)
+    assert vis.any()
+    for fi in range(3):  # visible reflections sit on labelled pixels of their frame
+        _, lab = D.read_frame(refs[fi])
+        sel = vis & (t["frame_index"] == refs[fi].frame_index)
+        y, x = np.floor(t["y_px"][sel]).astype(int), np.floor(t["x_px"][sel]).astype(int)
+        grown = np.zeros_like(lab)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                grown |= np.roll(np.roll(lab, dy, 0), dx, 1)
+        assert grown[y, x].all()
+    # Same seed, same frames: the same counts, labels and truth.
+    matched_shard(tmp_path / "again.h5", small_experiment)
+    with h5py.File(tmp_path / "shard.h5") as a, h5py.File(tmp_path / "again.h5") as b:
+        for key in (D.DATA_PATH, D.LABEL_PATH, "braggflow/truth/x_px"):
+            np.testing.assert_array_equal(a[key][()], b[key][()])
+
+
+def test_rectangular_pixels_are_refused_with_the_file_named(tmp_path):
+    from braggflow.errors import InputError
+
+    p = Panels(("a",), np.array([[0.0, 0.0, -100.0]]), np.array([[1.0, 0, 0]]), np.array([[0, -1.0, 0]]),
+               np.array([[0.1, 0.2]]), np.array([[10, 10]]))
+    with pytest.raises(InputError, match="frames.h5.*rectangular"):
+        panel_detectors(p, np.array([0, 0, -1.0]), "frames.h5")
+
+
+def test_thermolysin_stand_in_is_the_generators_output(tmp_path):
+    out = tmp_path / "t.pdb"
+    subprocess.run([sys.executable, str(RESOURCES / "structures/make_thermolysin_stand_in.py"), str(out)], check=True)
+    assert out.read_bytes() == (RESOURCES / "structures/thermolysin_stand_in.pdb").read_bytes()
+    m = read_structure(out)
+    assert m.spacegroup_hm == "P 61 2 2" and m.cell[0] == pytest.approx(93.42) and m.cell[2] == pytest.approx(131.08)
+    assert {"Zn", "Ca", "C", "N", "O", "S"} == set(m.elements)
+    # 316 residues of about 7.9 atoms each, in one compact molecule (a sphere of the protein's volume)
+    assert 2400 < len(m.fract) < 2600
+
+
+def base_config():
+    import yaml
+
+    return yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def specs(cfg):
+    from braggflow.config import _fill_defaults
+
+    schema = load_schema(ROOT / "config/config.schema.yaml")
+    _fill_defaults(cfg, schema)
+    datasets = {n: Dataset(n, 7.0, 0.25, 0) for n in ("7keV_250mm", "7keV_150mm", "8keV_150mm")}
+    return experiment_specs(cfg, datasets, schema, base=ROOT)
+
+
+def test_default_config_trains_a_matched_model_for_the_cspad_frames():
+    e = specs(base_config())["thermolysin_lcls_cspad"]
+    assert e.predict_with == "both" and e.matched["structure"] == "thermolysin"
+    assert e.matched["frames"] == 40 and e.matched_seed_index != e.seed_index
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda x: x["matched"].update(structure=None), r"experiments\.thermolysin_lcls_cspad\.predict_with.*needs a matched section"),
+    (lambda x: x["matched"].update(structure="lysozyme"), r"matched\.structure.*'lysozyme' is not among"),
+    (lambda x: x["matched"]["simulation"].update(oversample=0),
+     r"experiments\.thermolysin_lcls_cspad\.matched\.simulation\.oversample"),
+    (lambda x: x["matched"]["peak_finder"].update(epochs=0),
+     r"experiments\.thermolysin_lcls_cspad\.matched\.peak_finder\.epochs"),
+])
+def test_bad_matched_settings_name_the_key(change, message):
+    cfg = copy.deepcopy(base_config())
+    change(cfg["experiments"]["thermolysin_lcls_cspad"])
+    with pytest.raises(ConfigError, match=message):
+        specs(cfg)
