@@ -81,6 +81,7 @@ rule import_frames_dxtbx:
         "results/experiments/{experiment}/frames.h5",
     params:
         gain=lambda wc: experiment_gain(wc.experiment),
+        border=lambda wc: EXPERIMENTS[wc.experiment].untrusted_border_px,
         script=f"{workflow.basedir}/workflow/scripts/dxtbx_import.py",
     log:
         "logs/experiments/{experiment}/import.log",
@@ -91,7 +92,7 @@ rule import_frames_dxtbx:
     container:
         config["dials"]["container"]
     shell:
-        "libtbx.python {params.script} {output} {params.gain} {input} > {log} 2>&1"
+        "libtbx.python {params.script} --untrusted-border-px={params.border} {output} {params.gain} {input} > {log} 2>&1"
 
 
 rule import_frames_hdf5:
@@ -104,6 +105,7 @@ rule import_frames_hdf5:
         dataset_path=lambda wc: EXPERIMENTS[wc.experiment].dataset_path,
         geometry=lambda wc: EXPERIMENTS[wc.experiment].geometry,
         adu_per_photon=lambda wc: EXPERIMENTS[wc.experiment].adu_per_photon,
+        border=lambda wc: EXPERIMENTS[wc.experiment].untrusted_border_px,
     log:
         "logs/experiments/{experiment}/import.log",
     wildcard_constraints:

@@ -158,6 +158,24 @@ def test_cspad_cbfs_import_as_photons_with_untrusted_pixels_marked(cspad_h5, tmp
 
 @pytest.mark.slow
 @needs_dxtbx
+def test_an_untrusted_border_masks_every_panels_edge_pixels_only(cspad_h5, tmp_path):
+    out = tmp_path / "border.h5"
+    res = subprocess.run([LIBTBX, str(IMPORT), "--untrusted-border-px=1", str(out), str(GAIN), str(CBFS[0])],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with h5py.File(out) as f, h5py.File(cspad_h5) as g:
+        got, plain = f["data"][0], g["data"][0]
+        assert f.attrs["untrusted_border_px"] == 1
+    for edge in (got[:, 0], got[:, -1], got[:, :, 0], got[:, :, -1]):
+        assert (edge == -1.0).all()
+    np.testing.assert_array_equal(got[:, 1:-1, 1:-1], plain[:, 1:-1, 1:-1])
+    bad = subprocess.run([LIBTBX, str(IMPORT), "--untrusted-border-px=-2", str(tmp_path / "x.h5"), str(GAIN),
+                          str(CBFS[0])], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--untrusted-border-px" in bad.stderr and not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.slow
+@needs_dxtbx
 def test_braggflow_nxmx_imports_with_its_beam_centre_and_distance(tmp_path):
     from braggflow.nxmx import nxmx_writer
 

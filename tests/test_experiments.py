@@ -104,6 +104,12 @@ def test_cxi_file_with_a_geom_becomes_frames_and_nxmx_for_dials(tmp_path):
     assert info.wavelength_angstrom[0] == pytest.approx(g.wavelength_angstrom)
     back = read_geometry(tmp_path / "nxmx.h5")
     assert back.beam_center_px == pytest.approx(g.beam_center_px) and back.camera_length_m == pytest.approx(0.13)
+    # An untrusted border: the frame's outer pixels become -1, the rest is unchanged.
+    import_hdf5(tmp_path / "b.h5", tmp_path / "bn.h5", tmp_path / "run.cxi", None, tmp_path / "det.geom", None,
+                untrusted_border_px=2)
+    bordered = read_frame_photons(tmp_path / "b.h5", 1)[0]
+    assert (bordered[:2] == -1).all() and (bordered[:, -2:] == -1).all()
+    np.testing.assert_array_equal(bordered[2:-2, 2:-2], photons[0, 2:-2, 2:-2])
 
 
 def test_nxmx_metadata_is_geometry_enough(tmp_path):

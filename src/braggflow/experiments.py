@@ -47,6 +47,7 @@ class Experiment:
     dials: dict[str, Any] = field(default_factory=dict)
     matched: dict[str, Any] | None = None
     predict_with: str = "matrix"
+    untrusted_border_px: int = 0
 
     @property
     def seed_index(self) -> int:
@@ -95,7 +96,7 @@ def experiment_specs(config: dict[str, Any], datasets: dict[str, Dataset], schem
                                dataset_path=e["dataset_path"], geometry=e["geometry"],
                                adu_per_photon=e["adu_per_photon"], dials=e["dials"],
                                matched=e["matched"] if e["matched"]["structure"] is not None else None,
-                               predict_with=e["predict_with"])
+                               predict_with=e["predict_with"], untrusted_border_px=int(e["untrusted_border_px"]))
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     for exp in out.values():
@@ -301,9 +302,10 @@ def geometry_panels(g: Geometry) -> tuple[Panels, np.ndarray]:
 
 
 def import_hdf5(out: str | Path, nxmx_out: str | Path, path: str | Path, dataset_path: str | None,
-                geom_path: str | Path | None, adu_per_photon: float | None, log=None) -> dict[str, Any]:
-    """An HDF5 input as the normalized frames file, and as NXmx (photons) for DIALS. Counts <= -1 or NaN, and
-    pixels an NXmx pixel_mask flags, are untrusted."""
+                geom_path: str | Path | None, adu_per_photon: float | None, untrusted_border_px: int = 0,
+                log=None) -> dict[str, Any]:
+    """An HDF5 input as the normalized frames file, and as NXmx (photons) for DIALS. Counts <= -1 or NaN, pixels
+    an NXmx pixel_mask flags, and the outer ``untrusted_border_px`` of the frame are untrusted."""
     from .nxmx import nxmx_writer
 
     layout = hdf5_layout(path, dataset_path, geom_path)
@@ -315,6 +317,10 @@ def import_hdf5(out: str | Path, nxmx_out: str | Path, path: str | Path, dataset
         mask = f["entry/instrument/detector/pixel_mask"][()] != 0 if "entry/instrument/detector/pixel_mask" in f \
             else np.zeros(layout.shape, bool)
     raw = raw.astype(np.float32)
+    if untrusted_border_px:
+        b = untrusted_border_px
+        mask = mask.copy()
+        mask[:b], mask[-b:], mask[:, :b], mask[:, -b:] = True, True, True, True
     bad = ~np.isfinite(raw) | (raw <= -1) | mask[None]
     photons = np.where(bad, -1.0, np.clip(raw / gain, 0, None)).astype(np.float32)
     panels, beam = geometry_panels(g)

@@ -1,11 +1,12 @@
 """Run with DIALS' Python (libtbx.python): any image files dxtbx reads -> one normalized HDF5 file of photons.
 
-usage: libtbx.python dxtbx_import.py <out.h5> <adu_per_photon> <input file> [<input file> ...]
+usage: libtbx.python dxtbx_import.py [--untrusted-border-px=N] <out.h5> <adu_per_photon> <input file> [...]
 
 Reads every format dxtbx reads (CBF, multi-frame NXmx HDF5, Eiger master files, ...) and writes, atomically:
   /data                      float32 (frames, panels, slow, fast), one frame per chunk, gzip 4: photons =
                              raw counts / adu_per_photon clipped to >= 0; untrusted pixels (outside the panel's
-                             trusted range or in the imageset's static/dynamic mask) are exactly -1.0
+                             trusted range, in the imageset's static/dynamic mask, or within N px of a panel's
+                             border with --untrusted-border-px) are exactly -1.0
   /panels/name               (P,) UTF-8 strings (dxtbx panel names; "panel{i}" where empty)
   /panels/origin_mm          (P, 3) float64 \
   /panels/fast_axis          (P, 3) unit     |  dxtbx lab frame, detector of the first frame
@@ -85,7 +86,7 @@ def panel_table(detector):
     }
 
 
-def photons(imageset, i, detector, adu_per_photon, shape):
+def photons(imageset, i, detector, adu_per_photon, shape, border_px=0):
     """One frame as (panels, slow, fast) float32 photons, untrusted pixels -1."""
     raw = imageset.get_raw_data(i)
     mask = imageset.get_mask(i)
@@ -101,10 +102,22 @@ def photons(imageset, i, detector, adu_per_photon, shape):
             trusted &= mask[p].as_numpy_array()
         photon = np.clip(values.astype(np.float64) / adu_per_photon, 0.0, None)
         out[p] = np.where(trusted, photon, -1.0)
+    if border_px:
+        out[:, :border_px], out[:, -border_px:] = -1.0, -1.0
+        out[:, :, :border_px], out[:, :, -border_px:] = -1.0, -1.0
     return out
 
 
 def main(argv):
+    border_px = 0
+    if len(argv) > 1 and argv[1].startswith("--untrusted-border-px="):
+        try:
+            border_px = int(argv[1].split("=", 1)[1])
+        except ValueError:
+            border_px = -1
+        if border_px < 0:
+            sys.exit(f"dxtbx_import.py: --untrusted-border-px must be an integer >= 0, got {argv[1]!r}")
+        argv = argv[:1] + argv[2:]
     if len(argv) < 4:
         sys.exit("usage: libtbx.python dxtbx_import.py <out.h5> <adu_per_photon> <input file> [<input file> ...]")
     out_path, inputs = argv[1], argv[3:]
@@ -150,6 +163,7 @@ def main(argv):
             f.attrs["format_class"] = format_class
             f.attrs["n_panels"] = n_panels
             f.attrs["layout"] = LAYOUT
+            f.attrs["untrusted_border_px"] = border_px
             data = f.create_dataset("data", shape=(n, n_panels) + shape, dtype=np.float32,
                                     chunks=(1, n_panels) + shape, compression="gzip", compression_opts=4)
             g = f.create_group("panels")
@@ -169,7 +183,7 @@ def main(argv):
                 direction[k] = beam.get_unit_s0()
                 source_index[k] = index_in_file
                 try:
-                    data[k] = photons(imageset, i, detector, adu_per_photon, shape)
+                    data[k] = photons(imageset, i, detector, adu_per_photon, shape, border_px)
                 except InputFileError:
                     raise
                 except Exception as exc:
