@@ -53,9 +53,15 @@ def sf_mtz(structure, energy):
     return f"results/structure_factors/{structure}/{energy}keV.mtz"
 
 
+def matrix_sf_structures():
+    """Structures with structure factors at the matrix energies: all but those only simulated in an experiment's
+    own geometry (experiments.<x>.matched.structure, not in simulation.structures)."""
+    matched_only = {e.matched["structure"] for e in EXPERIMENTS.values() if e.matched} - set(SIM_STRUCTURES)
+    return [s for s in STRUCTURES if s not in matched_only]
+
+
 def all_sf_mtz():
-    """Matrix structure factors of the structures simulated on the matrix."""
-    return [sf_mtz(s, e) for s in SIM_STRUCTURES for e in ENERGIES]
+    return [sf_mtz(s, e) for s in matrix_sf_structures() for e in ENERGIES]
 
 
 SIM = config["simulation"]

@@ -35,7 +35,7 @@ rule structure_factor_summary:
             category="Structure factors",
         ),
     params:
-        labels=[(s, ENERGIES[e]) for s in SIM_STRUCTURES for e in ENERGIES],
+        labels=[(s, ENERGIES[e]) for s in matrix_sf_structures() for e in ENERGIES],
     log:
         "logs/structure_factors/summary.log",
     conda:

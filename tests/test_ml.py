@@ -245,6 +245,19 @@ def test_tiles_overhang_the_frame_edges_like_inference_padding():
     assert np.allclose(x[hits[0], 0, hits[1], hits[2]], np.log1p(counts[50, 60]))
 
 
+def test_polar_profile_ignores_bragg_spots_and_keeps_sub_photon_levels():
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(0.4, (200, 220)).astype(np.int32)
+    counts[:, :3] = -1
+    base = D.polar_profile(counts, (110.0, 100.0), 16, 2)
+    spotted = counts.copy()
+    spotted[60:63, 150:153] = 500  # a Bragg spot: 9 of the bin's pixels
+    after = D.polar_profile(spotted, (110.0, 100.0), 16, 2)
+    assert np.abs(after - base).max() < 0.05
+    # Sub-photon levels survive (a median of these counts would read 0 everywhere).
+    assert np.all(np.exp(base[:, 2:12]) > 0.25) and np.all(np.exp(base[:, 2:12]) < 0.45)
+
+
 def test_broken_shard_names_the_file(tmp_path):
     bad = tmp_path / "broken.h5"
     bad.write_bytes(b"not hdf5")

@@ -238,20 +238,41 @@ def binned_frame(counts: np.ndarray, bin_px: int) -> np.ndarray:
     return np.stack([np.log1p(peak), np.log1p(mean)]).astype(np.float32)
 
 
+PROFILE_TRIM_FRACTION = 0.02
+
+
 def polar_profile(counts: np.ndarray, beam_center_px: tuple[float, float], radial_bins: int,
-                  sectors: int) -> np.ndarray:
-    """(sectors, radial_bins) float32: log of the mean counts of trusted pixels per (azimuthal sector, radius bin).
+                  sectors: int, trim_fraction: float = PROFILE_TRIM_FRACTION) -> np.ndarray:
+    """(sectors, radial_bins) float32: log of the trimmed mean counts of trusted pixels per (azimuthal sector,
+    radius bin): the brightest ``trim_fraction`` of each bin's pixels are left out, so Bragg spots (a small share
+    of any bin's pixels) do not pull the water profile about; a median would lose the sub-photon levels of
+    long camera lengths.
 
     Radii in pixels from the beam centre, up to the farthest detector corner, so the input needs no energy or
-    camera length: the water ring position and the falling solid angle carry them. Empty bins read 0.
+    camera length: the water ring position and the falling solid angle carry them. Empty bins read
+    log(1e-3), as zero counts.
     """
-    sb_rb = _polar_bins(counts.shape, beam_center_px, radial_bins, sectors)
-    trusted = counts >= 0
-    idx = sb_rb[trusted]
-    total = np.bincount(idx, weights=counts[trusted].astype(np.float64), minlength=sectors * radial_bins)
-    n = np.bincount(idx, minlength=sectors * radial_bins)
-    mean = np.where(n > 0, total / np.maximum(n, 1), 0.0)
+    order, bounds = _polar_order(counts.shape, tuple(float(v) for v in beam_center_px), radial_bins, sectors)
+    values = counts.reshape(-1)[order]
+    mean = np.zeros(sectors * radial_bins)
+    for i in range(sectors * radial_bins):
+        v = values[bounds[i]:bounds[i + 1]]
+        v = v[v >= 0]
+        if len(v) == 0:
+            continue
+        keep = max(1, int(np.ceil((1.0 - trim_fraction) * len(v))))
+        mean[i] = np.partition(v, keep - 1)[:keep].mean(dtype=np.float64) if keep < len(v) else v.mean(
+            dtype=np.float64)
     return np.log(mean + 1e-3).reshape(sectors, radial_bins).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _polar_order(shape: tuple[int, int], beam_center_px: tuple[float, float], radial_bins: int,
+                 sectors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels sorted by their (sector, radius) bin, and where each bin starts; cached per detector."""
+    bins = _polar_bins(shape, beam_center_px, radial_bins, sectors).reshape(-1)
+    order = np.argsort(bins, kind="stable")
+    return order, np.searchsorted(bins[order], np.arange(sectors * radial_bins + 1))
 
 
 @functools.lru_cache(maxsize=4)
