@@ -34,16 +34,16 @@ from .draws import draw_frame
 from .errors import InputError
 from .io import atomic_path
 from .nxmx import DATA_PATH
-from .overlay import OverlaySettings, bad_pixel_mask, frame_rng, overlay_frame, _visible
+from .ml.data import LABEL_PATH
+from .overlay import OverlaySettings, bad_pixel_mask, frame_conditions, frame_rng, overlay_frame, _visible
 from .panels import FramesInfo, Panels
-from .shards import SimulationSettings, TRUTH_COLUMNS, b_matrix, load_structure_factors, simulate_frame
-from .simulator import INCIDENT_UNIT, FlatDetector, get_array_module
-from .units import energy_kev
+from .shards import (SimulationSettings, TRUTH_COLUMNS, _jsonable, b_matrix, beam_polarization_axis,
+                     load_structure_factors, simulate_frame)
+from .simulator import INCIDENT_UNIT, FlatDetector, get_array_module, polarization_basis
+from .units import R_E_SQUARED_M2, energy_kev
 from .water import WATER_NUMBER_DENSITY_PER_M3, load_water_table
-from .units import R_E_SQUARED_M2
 
 STACK_GAP_PX = 32
-LABEL_PATH = "braggflow/labels/peak_mask"
 
 
 # ---------------------------------------------------------------- geometry
@@ -89,10 +89,7 @@ def pixel_factors(det: FlatDetector, wavelength_angstrom: float, beam: Beam) -> 
     cos2t = -d[2]  # incident (0, 0, -1)
     q = 4.0 * np.pi * np.sqrt(np.clip((1.0 - cos2t) / 2.0, 0.0, None)) / wavelength_angstrom
     omega = det.pixel_size_mm**2 * det.close_distance_mm / r**3
-    axis = np.array([math.cos(beam.polarization_angle_rad), math.sin(beam.polarization_angle_rad), 0.0])
-    b_in = np.cross(axis, INCIDENT_UNIT)
-    b_in /= np.linalg.norm(b_in)
-    e_in = np.cross(INCIDENT_UNIT, b_in)
+    e_in, b_in = polarization_basis(beam_polarization_axis(beam))
     de, db = np.tensordot(e_in, d, 1), np.tensordot(b_in, d, 1)
     pol = 0.5 * (1.0 + cos2t**2 - beam.kahn_factor * (de * de - db * db))
     return q, omega * pol
@@ -213,14 +210,14 @@ def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | P
                                           "photons": truth.photons, "peak_fraction": truth.peak_fraction}))
             bragg = stack_panels(np.stack(images), np.float32(0.0))
             rng = frame_rng(seed, dataset_index, frame_index)
-            hit = bool(rng.random() >= overlay.blank_fraction)
-            sig = math.sqrt(math.log1p(overlay.jet_thickness_rel_sigma**2))
-            jet_factor = math.exp(sig * rng.standard_normal() - 0.5 * sig * sig)
+            hit, jet_factor = frame_conditions(overlay, rng)
             fluence_factor = d.fluence_photons_per_m2 / beam.fluence_per_m2
             fr = overlay_frame(bragg, stacked_water, stacked_untrusted, hit, jet_factor, fluence_factor, overlay, rng)
             data[row] = fr.counts
             labels[row] = fr.label.astype(np.uint8)
-            t = pd.concat(rows, ignore_index=True) if hit else pd.concat(rows, ignore_index=True).iloc[0:0]
+            t = pd.concat(rows, ignore_index=True)
+            if not hit:
+                t = t.iloc[0:0]
             t = t.assign(visible=_visible(t, fr.label))
             truth_tables.append(t)
             per_frame.append({"frame_index": frame_index, **fr.params, "n_peaks": int(t.visible.sum()),
@@ -235,8 +232,7 @@ def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | P
         g.attrs["structure"], g.attrs["dataset"] = structure, dataset
         g.attrs["kind"] = "matched training shard"
         g.attrs["frames_file"] = Path(info.path).name
-        g.attrs["simulation"] = json.dumps({"draws": {k: (dict(v) if hasattr(v, "items") else v)
-                                                       for k, v in simulation.draws.__dict__.items()},
+        g.attrs["simulation"] = json.dumps({"draws": _jsonable(simulation.draws.__dict__),
                                             "oversample": simulation.oversample,
                                             "crystal_shape": simulation.crystal_shape, "rel_tol": simulation.rel_tol,
                                             "beam": beam.as_dict(), "jet_thickness_m": jet_thickness_m},

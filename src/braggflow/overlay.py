@@ -85,6 +85,14 @@ def frame_rng(seed: int, dataset_index: int, frame_index: int) -> np.random.Gene
     return np.random.default_rng(np.random.SeedSequence([seed, dataset_index, frame_index, OVERLAY_STREAM]))
 
 
+def frame_conditions(s: OverlaySettings, rng: np.random.Generator) -> tuple[bool, float]:
+    """(hit, jet_factor) of a frame: a crystal unless a blank is drawn; lognormal jet jitter with mean 1.
+    Drawn first from the frame's overlay stream, before the noise."""
+    hit = bool(rng.random() >= s.blank_fraction)
+    sig = math.sqrt(math.log1p(s.jet_thickness_rel_sigma**2))
+    return hit, math.exp(sig * rng.standard_normal() - 0.5 * sig * sig)
+
+
 def _same_experiment(peaks: Geometry, water: Geometry, peaks_path, water_path) -> None:
     problems = []
     if (peaks.n_slow, peaks.n_fast) != (water.n_slow, water.n_fast):
@@ -152,9 +160,7 @@ def write_overlay(path: str | Path, *, peaks_path: str | Path, water_path: str |
             for i in range(n_frames):
                 frame_index = int(frames["frame_index"][i])
                 rng = frame_rng(seed, dataset_index, frame_index)
-                hit = bool(rng.random() >= settings.blank_fraction)
-                sig = math.sqrt(math.log1p(settings.jet_thickness_rel_sigma**2))
-                jet_factor = math.exp(sig * rng.standard_normal() - 0.5 * sig * sig)  # lognormal, mean 1
+                hit, jet_factor = frame_conditions(settings, rng)
                 fluence_factor = float(frames["fluence_photons_per_m2"][i]) / nominal_fluence_per_m2
                 fr = overlay_frame(src[DATA_PATH][i], bg.photons, untrusted, hit, jet_factor, fluence_factor,
                                    settings, rng)

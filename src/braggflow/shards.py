@@ -18,6 +18,7 @@ Attributes on /braggflow: structure, dataset, simulation settings (JSON), softwa
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,11 @@ def frame_indices(shard: int, frames_per_shard: int, frames_per_dataset: int) ->
     return range(first, min(first + frames_per_shard, frames_per_dataset))
 
 
+def beam_polarization_axis(beam: Beam) -> tuple[float, float, float]:
+    """The E-vector direction of the beam config (angle from lab x toward lab y)."""
+    return (math.cos(beam.polarization_angle_rad), math.sin(beam.polarization_angle_rad), 0.0)
+
+
 def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, detector: FlatDetector,
                    settings: SimulationSettings, beam: Beam, xp) -> tuple[np.ndarray, Any]:
     a_matrix = draws.orientation @ b
@@ -104,7 +110,7 @@ def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, d
                   weights=draws.weights, mosaic_umats=draws.mosaic_umats, ncells=draws.ncells,
                   shape=settings.crystal_shape, fluence_photons_per_m2=draws.fluence_photons_per_m2,
                   oversample=settings.oversample, kahn_factor=beam.kahn_factor,
-                  polarization_axis=(np.cos(beam.polarization_angle_rad), np.sin(beam.polarization_angle_rad), 0.0),
+                  polarization_axis=beam_polarization_axis(beam),
                   xp=xp)
     image = simulate_still(rel_tol=settings.rel_tol, **kwargs)
     truth = truth_reflections(image=image, **kwargs)

@@ -308,6 +308,18 @@ def _f2_tables(sf: StructureFactorTable, xp: ModuleType) -> tuple[Any, Any, floa
     return sf._derived[key]
 
 
+def polarization_basis(polarization_axis: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(E, B) unit vectors normal to the incident beam: B = axis x beam, E = beam x B (the axis made normal to
+    the beam); Kahn's polarization uses (d.E)^2 - (d.B)^2."""
+    axis = np.asarray(polarization_axis, dtype=np.float64)
+    b_in = np.cross(axis, INCIDENT_UNIT) if axis.shape == (3,) else np.zeros(3)
+    if np.linalg.norm(b_in) < 1e-9:
+        raise ValueError(f"polarization_axis must be a 3-vector not parallel to the beam, got {polarization_axis!r}")
+    b_in /= np.linalg.norm(b_in)
+    e_in = np.cross(INCIDENT_UNIT, b_in)
+    return e_in / np.linalg.norm(e_in), b_in
+
+
 def _make_setup(
     A_matrix: ArrayLike,
     detector: FlatDetector,
@@ -361,13 +373,7 @@ def _make_setup(
         raise ValueError(f"fudge must be > 0, got {fudge!r}")
     if not (-1.0 <= kahn_factor <= 1.0):
         raise ValueError(f"kahn_factor must lie in [-1, 1], got {kahn_factor!r}")
-    axis = np.asarray(polarization_axis, dtype=np.float64)
-    b_in = np.cross(axis, INCIDENT_UNIT)
-    if axis.shape != (3,) or np.linalg.norm(b_in) < 1e-9:
-        raise ValueError(f"polarization_axis must be a 3-vector not parallel to the beam, got {polarization_axis!r}")
-    b_in /= np.linalg.norm(b_in)
-    e_in = np.cross(INCIDENT_UNIT, b_in)
-    e_in /= np.linalg.norm(e_in)
+    e_in, b_in = polarization_basis(polarization_axis)
 
     kappa = 1.0 / lam
     kappa_ref = float(np.dot(w, kappa))

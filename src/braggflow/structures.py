@@ -12,6 +12,7 @@ import gemmi
 import numpy as np
 
 from .errors import InputError
+from .io import atomic_path
 
 PDB_SUFFIXES = {".pdb", ".ent", ".pdb1"}
 CIF_SUFFIXES = {".cif", ".mmcif"}
@@ -208,7 +209,5 @@ def write_pseudo_protein(path: str | Path, *, space_group: str, cell: tuple[floa
         lines.append(f"{record}{i:5d} {el:<4s} {resname:>3s} A{resseq:4d}    {x:8.3f}{y:8.3f}{z:8.3f}"
                      f"{1.0:6.2f}{b_iso_angstrom2:6.2f}          {el:>2s}")
     lines.append("END")
-    from .io import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")

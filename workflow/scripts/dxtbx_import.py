@@ -54,24 +54,25 @@ def load_imagesets(path):
     return imagesets
 
 
-def frame_beam(imageset, i):
+def frame_model(get, i):
+    """A frame's model (imageset.get_beam / get_detector): its own where the imageset keeps one per frame,
+    else the imageset's single model."""
     try:
-        beam = imageset.get_beam(i)
+        model = get(i)
     except Exception:
-        beam = None
-    if beam is None:
-        beam = imageset.get_beam()
+        model = None
+    return model if model is not None else get()
+
+
+def frame_beam(imageset, i):
+    beam = frame_model(imageset.get_beam, i)
     if beam is None:
         raise ValueError(f"no beam model for frame {i}")
     return beam
 
 
 def frame_detector(imageset, i):
-    try:
-        det = imageset.get_detector(i)
-    except Exception:
-        det = None
-    return det if det is not None else imageset.get_detector()
+    return frame_model(imageset.get_detector, i)
 
 
 def panel_table(detector):

@@ -261,8 +261,7 @@ def polar_profile(counts: np.ndarray, beam_center_px: tuple[float, float], radia
         if len(v) == 0:
             continue
         keep = max(1, int(np.ceil((1.0 - trim_fraction) * len(v))))
-        mean[i] = np.partition(v, keep - 1)[:keep].mean(dtype=np.float64) if keep < len(v) else v.mean(
-            dtype=np.float64)
+        mean[i] = np.partition(v, keep - 1)[:keep].mean(dtype=np.float64)
     return np.log(mean + 1e-3).reshape(sectors, radial_bins).astype(np.float32)
 
 
