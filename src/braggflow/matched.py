@@ -37,7 +37,7 @@ from .nxmx import DATA_PATH
 from .ml.data import LABEL_PATH
 from .overlay import OverlaySettings, bad_pixel_mask, frame_conditions, frame_rng, overlay_frame, _visible
 from .panels import FramesInfo, Panels
-from .shards import (SimulationSettings, TRUTH_COLUMNS, _jsonable, b_matrix, beam_polarization_axis,
+from .shards import (SimulationSettings, TRUTH_COLUMNS, b_matrix, beam_polarization_axis,
                      load_structure_factors, simulate_frame)
 from .simulator import INCIDENT_UNIT, FlatDetector, get_array_module, polarization_basis
 from .units import R_E_SQUARED_M2, energy_kev
@@ -232,11 +232,8 @@ def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | P
         g.attrs["structure"], g.attrs["dataset"] = structure, dataset
         g.attrs["kind"] = "matched training shard"
         g.attrs["frames_file"] = Path(info.path).name
-        g.attrs["simulation"] = json.dumps({"draws": _jsonable(simulation.draws.__dict__),
-                                            "oversample": simulation.oversample,
-                                            "crystal_shape": simulation.crystal_shape, "rel_tol": simulation.rel_tol,
-                                            "beam": beam.as_dict(), "jet_thickness_m": jet_thickness_m},
-                                           sort_keys=True)
+        g.attrs["simulation"] = json.dumps({**simulation.provenance(), "beam": beam.as_dict(),
+                                            "jet_thickness_m": jet_thickness_m}, sort_keys=True)
         g.attrs["overlay"] = json.dumps(asdict(overlay), sort_keys=True)
         g.attrs["versions"] = json.dumps({"braggflow": __version__, "numpy": np.__version__})
         pg = g.create_group("panels")

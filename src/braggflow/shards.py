@@ -34,7 +34,8 @@ from .draws import DrawConfig, FrameDraws, draw_frame
 from .geometry import Geometry
 from .nxmx import DATA_PATH, nxmx_writer
 from .sf import dense_amplitude_table, read_mtz
-from .simulator import FlatDetector, StructureFactorTable, get_array_module, simulate_still, to_numpy, truth_reflections
+from .simulator import (FlatDetector, StructureFactorTable, apply_psf, get_array_module, simulate_still, to_numpy,
+                        truth_reflections)
 
 DRAW_KEYS = ("ncells", "ncells_per_axis", "mosaic_spread_deg", "mosaic_domains", "mosaic_model", "spectrum_shape",
              "bandwidth_frac", "spectrum_samples", "energy_jitter_rel_sigma", "fluence_rel_sigma")
@@ -57,6 +58,13 @@ class SimulationSettings:
     backend: str
     rel_tol: float
     min_stored_photons: float = 0.0  # pixels below are stored as 0: sub-photon tails do not compress
+    psf_fwhm_um: float = 0.0  # detector point-spread (nanoBragg's Gaussian PSF); 0: none
+
+    def provenance(self) -> dict[str, Any]:
+        """What a shard records of how it was simulated."""
+        return {"draws": _jsonable(self.draws.__dict__), "oversample": self.oversample,
+                "crystal_shape": self.crystal_shape, "rel_tol": self.rel_tol,
+                "min_stored_photons": self.min_stored_photons, "psf_fwhm_um": self.psf_fwhm_um}
 
     @classmethod
     def from_config(cls, sim: dict[str, Any], geometry: Geometry, beam: Beam) -> "SimulationSettings":
@@ -69,8 +77,11 @@ class SimulationSettings:
                                fluence_photons_per_m2=beam.fluence_per_m2, **{k: sim[k] for k in DRAW_KEYS})
         except ValueError as exc:
             raise ValueError(f"config key 'simulation': {exc}") from None
+        psf = float(sim.get("psf_fwhm_um", 0.0))
+        if not (psf >= 0 and math.isfinite(psf)):
+            raise ValueError(f"config key 'simulation.psf_fwhm_um': value {psf!r} must be >= 0")
         return cls(draws, int(sim["oversample"]), sim["crystal_shape"], sim["backend"], float(sim["rel_tol"]),
-                   float(sim["min_stored_photons"]))
+                   float(sim["min_stored_photons"]), psf)
 
 
 def b_matrix(cell: tuple[float, float, float, float, float, float]) -> np.ndarray:
@@ -113,7 +124,9 @@ def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, d
                   polarization_axis=beam_polarization_axis(beam),
                   xp=xp)
     image = simulate_still(rel_tol=settings.rel_tol, **kwargs)
-    truth = truth_reflections(image=image, **kwargs)
+    truth = truth_reflections(image=image, **kwargs)  # spot photons before the detector spreads them
+    if settings.psf_fwhm_um > 0:
+        image = apply_psf(image, settings.psf_fwhm_um / (detector.pixel_size_mm * 1e3), xp)
     return to_numpy(image).astype(np.float32), truth
 
 
@@ -161,10 +174,7 @@ def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, b
         g = f.create_group("braggflow")
         g.attrs["structure"] = structure
         g.attrs["dataset"] = dataset
-        g.attrs["simulation"] = json.dumps({"draws": _jsonable(settings.draws.__dict__), "oversample": settings.oversample,
-                                            "crystal_shape": settings.crystal_shape, "rel_tol": settings.rel_tol,
-                                            "min_stored_photons": settings.min_stored_photons,
-                                            "beam": beam.as_dict()}, sort_keys=True)
+        g.attrs["simulation"] = json.dumps({**settings.provenance(), "beam": beam.as_dict()}, sort_keys=True)
         g.attrs["versions"] = json.dumps({"braggflow": __version__, "numpy": np.__version__, "h5py": h5py.__version__})
         g.attrs["units"] = "expected photons per pixel (no noise, no background)"
         fr = g.create_group("frames")
