@@ -117,17 +117,18 @@ def small_experiment(tmp_path_factory):
     return tmp
 
 
-def matched_shard(path, experiment_dir, frames=range(3)):
+def matched_shard(path, experiment_dir, frames=range(3), sim_extra=None, overlay_extra=None):
     import yaml
 
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     sim = dict(cfg["simulation"], backend="numpy", ncells={"dist": "fixed", "value": 40}, mosaic_domains=1,
-               spectrum_samples=1)
+               spectrum_samples=1, **(sim_extra or {}))
     info = read_frames_info(experiment_dir / "frames.h5")
     beam = Beam(photons_per_pulse=1e11, size_m=(1e-6, 1e-6), polarization_fraction=0.99, polarization_angle_deg=0.0)
     return write_matched_shard(path, info=info, mtz_path=experiment_dir / "sf.mtz", water_table=TABLE, beam=beam,
                                simulation=SimulationSettings.at_wavelength(sim, 1.3, beam),
-                               overlay=OverlaySettings.from_config(dict(cfg["overlay"], blank_fraction=0.0)),
+                               overlay=OverlaySettings.from_config(dict(cfg["overlay"], blank_fraction=0.0,
+                                                                        **(overlay_extra or {}))),
                                jet_thickness_m=2e-6, seed=7, dataset="matched-x", dataset_index=3, frames=frames,
                                structure="thermolysin")
 
@@ -168,6 +169,34 @@ def test_matched_shard_is_a_training_shard_of_stacked_panels(small_experiment, t
     with h5py.File(tmp_path / "shard.h5") as a, h5py.File(tmp_path / "again.h5") as b:
         for key in (D.DATA_PATH, D.LABEL_PATH, "braggflow/truth/x_px"):
             np.testing.assert_array_equal(a[key][()], b[key][()])
+
+
+def test_detector_psf_and_outliers_reach_the_matched_training_frames(small_experiment, tmp_path):
+    """The experiment's detector model: spots spread through the PSF (more labelled pixels per spot, the same
+    truth), lone outlier pixels land on trusted pixels only, unlabelled, and the shard records both settings."""
+    import json
+
+    from braggflow.ml import data as D
+
+    matched_shard(tmp_path / "sharp.h5", small_experiment)
+    matched_shard(tmp_path / "det.h5", small_experiment, sim_extra={"psf_fwhm_um": 220.0},
+                  overlay_extra={"outlier_pixels_per_mpx": 3000.0, "outlier_photons": [200.0, 400.0]})
+    with h5py.File(tmp_path / "sharp.h5") as a, h5py.File(tmp_path / "det.h5") as b:
+        np.testing.assert_array_equal(a["braggflow/truth/x_px"][()], b["braggflow/truth/x_px"][()])
+        n_outliers = b["braggflow/frames/outlier_pixels"][()]
+        assert json.loads(b["braggflow"].attrs["simulation"])["psf_fwhm_um"] == 220.0
+        assert json.loads(b["braggflow"].attrs["overlay"])["outlier_pixels_per_mpx"] == 3000.0
+    sharp, det = D.index_shards([tmp_path / "sharp.h5"]), D.index_shards([tmp_path / "det.h5"])
+    labelled_sharp = sum(D.read_frame(r)[1].sum() for r in sharp)
+    labelled_det = sum(D.read_frame(r)[1].sum() for r in det)
+    assert labelled_det > 1.5 * labelled_sharp  # a 2-pixel PSF spreads every spot over more pixels
+    trusted = 2 * 40 * 48 - 1
+    assert n_outliers.sum() == pytest.approx(3 * 3000.0 * trusted / 1e6, rel=0.5)
+    for r, n in zip(det, n_outliers):
+        counts, label = D.read_frame(r)
+        lone = (counts >= 150) & ~label  # only outliers reach 150 photons off the spots' labels
+        assert n - 1 <= lone.sum() <= n  # (one may land on a spot)
+        assert (counts[40:40 + STACK_GAP_PX] == -1).all()
 
 
 def test_rectangular_pixels_are_refused_with_the_file_named(tmp_path):

@@ -137,3 +137,36 @@ def test_dials_imports_the_frames_with_the_dataset_geometry(overlay, tmp_path):
     assert panel["image_size"] == [1030, 1065] and panel["pixel_size"] == pytest.approx([0.075, 0.075])
     assert panel["thickness"] < 1e-3  # thin sensor: no parallax correction, like the simulator
     assert expt["beam"][0]["wavelength"] == pytest.approx(g.wavelength_angstrom, rel=2e-3)  # jittered energy
+
+
+def test_outlier_pixels_are_isolated_unlabelled_and_follow_their_settings():
+    rng = np.random.default_rng(3)
+    water = np.full((500, 400), 0.5, np.float32)
+    untrusted = np.zeros(water.shape, bool)
+    untrusted[:100] = True
+    base = dict(blank_fraction=0.0, jet_thickness_rel_sigma=0.0, adu_per_photon=1.0, readout_noise_adu=0.0,
+                saturation_adu=10**6, bad_pixel_fraction=0.0, label_nsigma=2.0, label_min_photons=1.0)
+    s = OverlaySettings(**base, outlier_pixels_per_mpx=2000.0, outlier_photons=(20.0, 400.0))
+    counts, amplitudes = [], []
+    for _ in range(20):
+        fr = overlay_frame(np.zeros_like(water), water, untrusted, hit=False, jet_factor=1.0, fluence_factor=1.0,
+                           s=s, rng=rng)
+        bright = fr.counts >= 20  # Poisson(0.5) never reaches 20: these are the outliers
+        assert bright.sum() == fr.params["outlier_pixels"]
+        assert not bright[:100].any() and not fr.label.any()
+        assert fr.counts[bright].max() <= 400 + 10
+        counts.append(fr.params["outlier_pixels"])
+        amplitudes.append(fr.counts[bright])
+    expected = 2000.0 * 400 * 400 / 1e6  # trusted pixels only
+    assert np.mean(counts) == pytest.approx(expected, rel=0.05)
+    amp = np.concatenate(amplitudes)
+    assert np.mean(amp < np.sqrt(20.0 * 400.0)) == pytest.approx(0.5, abs=0.03)  # log-uniform: median sqrt(lo*hi)
+    # rate 0 draws nothing: the frame is byte-identical to one made without outlier settings
+    plain = OverlaySettings(**base)
+    a = overlay_frame(np.zeros_like(water), water, untrusted, False, 1.0, 1.0, plain, np.random.default_rng(5))
+    b = overlay_frame(np.zeros_like(water), water, untrusted, False, 1.0, 1.0,
+                      OverlaySettings(**base, outlier_pixels_per_mpx=0.0), np.random.default_rng(5))
+    np.testing.assert_array_equal(a.counts, b.counts)
+    assert a.params["outlier_pixels"] == 0
+    with pytest.raises(ValueError, match=r"'overlay.outlier_photons': value \(50.0, 5.0\) is out of range"):
+        OverlaySettings(**base, outlier_pixels_per_mpx=1.0, outlier_photons=(50.0, 5.0))

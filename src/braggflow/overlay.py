@@ -55,8 +55,11 @@ class OverlaySettings:
     bad_pixel_fraction: float
     label_nsigma: float
     label_min_photons: float
+    outlier_pixels_per_mpx: float = 0.0
+    outlier_photons: tuple[float, float] = (5.0, 500.0)
 
     def __post_init__(self):
+        object.__setattr__(self, "outlier_photons", tuple(float(v) for v in self.outlier_photons))
         checks = {
             "blank_fraction": 0 <= self.blank_fraction < 1,
             "jet_thickness_rel_sigma": 0 <= self.jet_thickness_rel_sigma < 5,
@@ -66,6 +69,8 @@ class OverlaySettings:
             "bad_pixel_fraction": 0 <= self.bad_pixel_fraction < 0.5,
             "label_nsigma": self.label_nsigma >= 0,
             "label_min_photons": self.label_min_photons > 0,
+            "outlier_pixels_per_mpx": 0 <= self.outlier_pixels_per_mpx <= 1e5,
+            "outlier_photons": len(self.outlier_photons) == 2 and 0 < self.outlier_photons[0] <= self.outlier_photons[1],
         }
         for key, ok in checks.items():
             if not ok:
@@ -73,7 +78,7 @@ class OverlaySettings:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "OverlaySettings":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
 
 
 def bad_pixel_mask(shape: tuple[int, int], fraction: float, seed: int) -> np.ndarray:
@@ -91,6 +96,28 @@ def frame_conditions(s: OverlaySettings, rng: np.random.Generator) -> tuple[bool
     hit = bool(rng.random() >= s.blank_fraction)
     sig = math.sqrt(math.log1p(s.jet_thickness_rel_sigma**2))
     return hit, math.exp(sig * rng.standard_normal() - 0.5 * sig * sig)
+
+
+def add_outlier_pixels(photons: np.ndarray, untrusted: np.ndarray, s: OverlaySettings,
+                       rng: np.random.Generator) -> int:
+    """Add isolated single-pixel outliers to ``photons`` in place; returns how many.
+
+    Real detectors record lone bright pixels that are no Bragg spot: hot pixels, zingers, charge-injection and
+    readout glitches. A diffraction spot always spreads over the point-spread function, so these stay unlabelled:
+    a peak finder trained on them learns to tell the two apart. Poisson number per frame
+    (outlier_pixels_per_mpx per million trusted pixels), uniform positions, log-uniform amplitudes within
+    outlier_photons. Nothing is drawn when the rate is 0, so frames without outliers keep their bytes."""
+    if s.outlier_pixels_per_mpx <= 0:
+        return 0
+    trusted = np.flatnonzero(~untrusted.ravel())
+    n = int(rng.poisson(s.outlier_pixels_per_mpx * len(trusted) / 1e6))
+    if n == 0:
+        return 0
+    where = rng.choice(trusted, size=n, replace=False)
+    lo, hi = np.log(s.outlier_photons[0]), np.log(s.outlier_photons[1])
+    amplitude = np.rint(np.exp(rng.uniform(lo, hi, size=n))).astype(photons.dtype)
+    photons.ravel()[where] += amplitude
+    return n
 
 
 def _same_experiment(peaks: Geometry, water: Geometry, peaks_path, water_path) -> None:
@@ -121,6 +148,7 @@ def overlay_frame(bragg: np.ndarray, water: np.ndarray, untrusted: np.ndarray, h
     water_frame = (water * (jet_factor * fluence_factor)).astype(np.float32)
     signal = bragg.astype(np.float64) if hit else np.zeros(bragg.shape)
     photons = rng.poisson(signal + water_frame)
+    n_outliers = add_outlier_pixels(photons, untrusted, s, rng)
     adu = s.adu_per_photon * photons
     if s.readout_noise_adu > 0:
         adu = adu + rng.normal(0.0, s.readout_noise_adu, size=adu.shape)
@@ -128,7 +156,7 @@ def overlay_frame(bragg: np.ndarray, water: np.ndarray, untrusted: np.ndarray, h
     counts[untrusted] = UNTRUSTED_VALUE
     background = water_frame + (s.readout_noise_adu / s.adu_per_photon) ** 2
     label = (signal >= s.label_nsigma * np.sqrt(background)) & (signal >= s.label_min_photons) & ~untrusted
-    params = {"hit": int(hit), "jet_factor": jet_factor, "fluence_factor": fluence_factor,
+    params = {"hit": int(hit), "jet_factor": jet_factor, "fluence_factor": fluence_factor, "outlier_pixels": n_outliers,
               "water_photons": float(water_frame[~untrusted].sum(dtype=np.float64)),
               "bragg_photons": float(signal[~untrusted].sum())}
     return OverlayFrame(counts, label, water_frame, params)
