@@ -75,7 +75,7 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
         if fr.indexed:
             ref = E.dials_reference(fr, fr.wavelength_angstrom, 0.0, 5.0)
             shapes.append(spot_shapes(photons, ref.panel, ref.xy))
-    report(f"real ({info.n_frames} frames)", np.concatenate(shapes), spikes, int((read_frame_photons(frames, 0) >= 0).sum()))
+    report(f"real ({info.n_frames} frames)", np.concatenate(shapes), spikes, int((photons >= 0).sum()))
 
     shard = f"results/matched/{experiment}/shard_0000.h5"
     with h5py.File(shard, "r") as f:

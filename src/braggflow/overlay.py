@@ -78,7 +78,7 @@ class OverlaySettings:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "OverlaySettings":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
 
 
 def bad_pixel_mask(shape: tuple[int, int], fraction: float, seed: int) -> np.ndarray:

@@ -34,6 +34,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from types import ModuleType
 from typing import Any, Literal
 
@@ -766,27 +767,16 @@ PSF_TAIL = 1e-7  # share of a pixel's photons the truncated kernel may leave out
 
 
 def gauss_psf_kernel_1d(fwhm_px: float) -> np.ndarray:
-    """nanoBragg's Gaussian PSF (unit volume, integrated over each pixel: erf differences), one axis of it.
+    """nanoBragg's Gaussian PSF (unit volume, integrated over each pixel), one axis of it.
 
     A 2-D Gaussian integrated over a square pixel is the product of two such 1-D integrals, so the
     nanoBragg kernel ``integrate_gauss_over_pixel(dx, dy, fwhm, 1)`` equals ``outer(k, k)``. The kernel reaches
     out to where less than PSF_TAIL of the photons are left beyond it."""
     if not (fwhm_px > 0 and math.isfinite(fwhm_px)):
         raise ValueError(f"PSF FWHM must be > 0 px, got {fwhm_px!r}")
-    sigma = fwhm_px / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-    radius = max(1, math.ceil(sigma * math.sqrt(2.0) * _erfc_inverse(PSF_TAIL) - 0.5))
-    edges = (np.arange(-radius, radius + 2) - 0.5) / (sigma * math.sqrt(2.0))
-    cdf = 0.5 * np.array([math.erf(e) for e in edges])
-    return np.diff(cdf)
-
-
-def _erfc_inverse(p: float) -> float:
-    """x with erfc(x) = p, by bisection (p small): a few lines instead of a SciPy import on the GPU path."""
-    lo, hi = 0.0, 10.0
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if math.erfc(mid) > p else (lo, mid)
-    return hi
+    gauss = NormalDist(0.0, fwhm_px / (2.0 * math.sqrt(2.0 * math.log(2.0))))
+    radius = max(1, math.ceil(gauss.inv_cdf(1.0 - PSF_TAIL) - 0.5))
+    return np.diff([gauss.cdf(e) for e in np.arange(-radius, radius + 2) - 0.5])
 
 
 def apply_psf(image: Any, fwhm_px: float, xp: ModuleType = np) -> Any:
@@ -797,7 +787,8 @@ def apply_psf(image: Any, fwhm_px: float, xp: ModuleType = np) -> Any:
     over the image, which moves no spot. Separable: two 1-D passes, on NumPy or CuPy arrays alike."""
     k = gauss_psf_kernel_1d(fwhm_px)
     r = len(k) // 2
-    out = xp.asarray(image, dtype=xp.float64)
+    image = xp.asarray(image)
+    out = image.astype(xp.float64)
     for axis in (0, 1):
         n = out.shape[axis]
         pad = [(0, 0), (0, 0)]
@@ -809,7 +800,7 @@ def apply_psf(image: Any, fwhm_px: float, xp: ModuleType = np) -> Any:
             sl[axis] = slice(2 * r - i, 2 * r - i + n)
             acc += float(w) * padded[tuple(sl)]
         out = acc
-    return out.astype(xp.asarray(image).dtype)
+    return out.astype(image.dtype)
 
 
 # --------------------------------------------------------------------------------------------
