@@ -4,8 +4,10 @@ Prints, for the real frames (spots: DIALS-integrated reflections with I/sigma >=
 shard (spots: truth reflections above 40 photons):
 - the share of a spot's net photons in its brightest pixel, and how many pixels reach 20 % of that pixel
   (sets ``simulation.psf_fwhm_um``);
+- net photons (5x5 box, local median) of DIALS-integrated reflections by I/sigma bin: the photons at the
+  evaluator's I/sigma cut (sets ``training.peak_finder.score_min_photons`` of the matched model);
 - isolated bright pixels per million pixels per frame: net photons above the local median >= T while every
-  neighbour stays below 15 % of it (sets ``overlay.outlier_pixels_per_mpx``).
+  neighbour stays below 15 % of it (braggflow.outliers; matched.outliers_from_frames draws the real frames' own).
 
 usage: python benchmarks/detector_realism.py [experiment]   (after the workflow has run it)
 """
@@ -18,6 +20,7 @@ import pandas as pd
 from scipy import ndimage
 
 from braggflow import evaluate as E
+from braggflow.outliers import isolated_pixels
 from braggflow.panels import read_frame_photons, read_frames_info
 
 THRESHOLDS_PHOTONS = (5, 10, 20, 50)
@@ -39,20 +42,33 @@ def spot_shapes(photons: np.ndarray, panel: np.ndarray, xy: np.ndarray) -> np.nd
     return np.array(out).reshape(-1, 2)
 
 
-def isolated_pixels(photons: np.ndarray) -> np.ndarray:
-    """Net photons of every isolated bright pixel (>= 3) of a (panels, slow, fast) frame."""
-    ring = ndimage.generate_binary_structure(2, 2)
-    ring[1, 1] = False
-    out = []
-    for a in photons.astype(float):
-        trusted = a >= 0
-        a = np.where(trusted, a, 0.0)
-        med = ndimage.median_filter(a, size=7)
-        net = a - med
-        neighbours = ndimage.maximum_filter(a, footprint=ring) - med
-        iso = (net >= 3) & (neighbours < 0.15 * net) & ndimage.binary_erosion(trusted, ring, border_value=0)
-        out.append(net[iso])
-    return np.concatenate(out)
+IOS_BINS = (3, 4, 5, 6, 8, 12, 30)
+
+
+def net_photons_by_i_over_sigma(frames: str, dials: list) -> None:
+    """Median net photons in a 5x5 box at DIALS' predicted positions, per I/sigma bin (all indexed reflections)."""
+    rows = []
+    for i, fr in enumerate(dials):
+        if not fr.indexed:
+            continue
+        photons = read_frame_photons(frames, i)
+        xy = E.predicted_positions(fr.a_matrix, fr.hkl, fr.panel, fr.panels, fr.beam_direction,
+                                   fr.wavelength_angstrom, 0.0, fr.parallax)
+        for j, (x, y), ios in zip(fr.panel, xy, fr.i_over_sigma):
+            if not np.isfinite(x) or not np.isfinite(ios):
+                continue
+            s, f = int(y), int(x)
+            box = photons[j, s - 2:s + 3, f - 2:f + 3]
+            if box.shape != (5, 5) or (box < 0).any():
+                continue
+            bg = photons[j, max(s - 10, 0):s + 11, max(f - 10, 0):f + 11]
+            rows.append((ios, float((box - np.median(bg[bg >= 0])).sum())))
+    a = np.array(rows).reshape(-1, 2)
+    bins = []
+    for lo, hi in zip(IOS_BINS[:-1], IOS_BINS[1:]):
+        sel = a[(a[:, 0] >= lo) & (a[:, 0] < hi), 1]
+        bins.append(f"{lo}-{hi}: {np.median(sel):.0f} (n {len(sel)})" if len(sel) else f"{lo}-{hi}: -")
+    print("real reflections, median net photons (5x5) by DIALS I/sigma: " + ", ".join(bins))
 
 
 def report(name: str, shapes: np.ndarray, spikes: list[np.ndarray], n_pixels: int) -> None:
@@ -71,11 +87,12 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
     shapes, spikes = [], []
     for i, fr in enumerate(dials):
         photons = read_frame_photons(frames, i)
-        spikes.append(isolated_pixels(photons))
+        spikes.append(isolated_pixels(photons, 3.0))
         if fr.indexed:
             ref = E.dials_reference(fr, fr.wavelength_angstrom, 0.0, 5.0)
             shapes.append(spot_shapes(photons, ref.panel, ref.xy))
     report(f"real ({info.n_frames} frames)", np.concatenate(shapes), spikes, int((photons >= 0).sum()))
+    net_photons_by_i_over_sigma(frames, dials)
 
     shard = f"results/matched/{experiment}/shard_0000.h5"
     with h5py.File(shard, "r") as f:
@@ -87,7 +104,7 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
             counts = f["entry/data/data"][row].astype(float)[None]
             t = truth[(truth.frame_index == frame_index) & truth.visible & (truth.photons > 40)]
             shapes.append(spot_shapes(counts, np.zeros(len(t), int), t[["x_px", "y_px"]].to_numpy()))
-            spikes.append(isolated_pixels(counts))
+            spikes.append(isolated_pixels(counts, 3.0))
     report(f"matched simulation ({len(index)} frames of {shard})", np.concatenate(shapes), spikes,
            int((counts >= 0).sum()))
 

@@ -400,6 +400,13 @@ def matched_section_of(experiment, section):
     return matched_section(config, EXPERIMENTS[experiment].matched, section)
 
 
+def matched_outlier_input(experiment):
+    """The lone-pixel measurement of the experiment's frames, where its matched frames draw outliers from it."""
+    if EXPERIMENTS[experiment].matched["outliers_from_frames"]:
+        return [matched_file(experiment, "outlier_pixels.json")]
+    return []
+
+
 def matched_jet_thickness_m(experiment):
     um = EXPERIMENTS[experiment].matched["jet_thickness_um"]
     return (um if um is not None else config["water"]["jet_thickness_um"]) * 1e-6

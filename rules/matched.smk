@@ -1,6 +1,8 @@
 # Sim-to-real: training frames simulated in an experiment's own detector and beam models (every panel, distance and
 # wavelength from its frames file), a peak finder and the dispersion baseline trained on them (the "matched"
-# model, peak_finder-matched). GPU rules: matched_frames, train_matched_peak_finder.
+# model, peak_finder-matched). With matched.outliers_from_frames, the lone bright pixels of the training frames
+# follow those measured in the experiment's frames (matched_outlier_pixels). GPU rules: matched_frames,
+# train_matched_peak_finder.
 
 
 rule matched_structure_factors:
@@ -27,11 +29,31 @@ rule matched_structure_factors:
         "../workflow/scripts/matched_structure_factors.py"
 
 
+rule matched_outlier_pixels:
+    input:
+        frames="results/experiments/{experiment}/frames.h5",
+    output:
+        "results/matched/{experiment}/outlier_pixels.json",
+    params:
+        min_photons=lambda wc: matched_section_of(wc.experiment, "overlay")["outlier_photons"][0],
+    log:
+        "logs/matched/{experiment}/outlier_pixels.log",
+    benchmark:
+        "results/benchmarks/matched_outlier_pixels/{experiment}.tsv"
+    wildcard_constraints:
+        experiment=matched_pattern(),
+    conda:
+        "../envs/braggflow.yaml"
+    script:
+        "../workflow/scripts/matched_outlier_pixels.py"
+
+
 rule matched_frames:
     input:
         frames="results/experiments/{experiment}/frames.h5",
         mtz="results/matched/{experiment}/structure_factors.mtz",
         water=config["water"]["table"],
+        outliers=lambda wc: matched_outlier_input(wc.experiment),
     output:
         "results/matched/{experiment}/shard_{shard}.h5",
     params:

@@ -60,6 +60,9 @@ def test_every_schema_key_has_type_description_and_is_documented():
         (lambda c: c["detector"].update(sensor_material="Ge"), r"config key 'detector.sensor_material': 'Ge' is not one of"),
         (lambda c: c["structures"].update({"bad name": {"file": "x.pdb"}}), r"does not match"),
         (lambda c: c.update(seed=-1), r"config key 'seed': -1 is less than the minimum of 0"),
+        (lambda c: c["experiments"]["thermolysin_lcls_cspad"]["matched"].update(outliers_from_frames="yes"),
+         r"config key 'experiments.thermolysin_lcls_cspad.matched.outliers_from_frames': 'yes' is not of type "
+         r"'boolean'"),
     ],
 )
 def test_malformed_configs_name_the_key(default, edit, message):

@@ -117,7 +117,7 @@ def small_experiment(tmp_path_factory):
     return tmp
 
 
-def matched_shard(path, experiment_dir, frames=range(3), sim_extra=None, overlay_extra=None):
+def matched_shard(path, experiment_dir, frames=range(3), sim_extra=None, overlay_extra=None, outlier_amplitudes=None):
     import yaml
 
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
@@ -130,7 +130,7 @@ def matched_shard(path, experiment_dir, frames=range(3), sim_extra=None, overlay
                                overlay=OverlaySettings.from_config(dict(cfg["overlay"], blank_fraction=0.0,
                                                                         **(overlay_extra or {}))),
                                jet_thickness_m=2e-6, seed=7, dataset="matched-x", dataset_index=3, frames=frames,
-                               structure="thermolysin")
+                               structure="thermolysin", outlier_amplitudes=outlier_amplitudes)
 
 
 def test_matched_shard_is_a_training_shard_of_stacked_panels(small_experiment, tmp_path):
@@ -197,6 +197,16 @@ def test_detector_psf_and_outliers_reach_the_matched_training_frames(small_exper
         lone = (counts >= 150) & ~label  # only outliers reach 150 photons off the spots' labels
         assert n - 1 <= lone.sum() <= n  # (one may land on a spot)
         assert (counts[40:40 + STACK_GAP_PX] == -1).all()
+    # Amplitudes measured in the experiment's frames are drawn instead, and the shard says where they came from.
+    matched_shard(tmp_path / "measured.h5", small_experiment,
+                  overlay_extra={"outlier_pixels_per_mpx": 3000.0}, outlier_amplitudes=np.array([350.0, 420.0]))
+    with h5py.File(tmp_path / "measured.h5") as f, h5py.File(tmp_path / "det.h5") as g:
+        assert f["braggflow"].attrs["outlier_source"] == "2 lone-pixel amplitudes measured in frames.h5"
+        assert g["braggflow"].attrs["outlier_source"] == "log-uniform within overlay.outlier_photons"
+    for r in D.index_shards([tmp_path / "measured.h5"]):
+        counts, label = D.read_frame(r)
+        lone = counts[(counts >= 300) & ~label]
+        assert len(lone) and all(abs(v - 350) <= 10 or abs(v - 420) <= 10 for v in lone)
 
 
 def test_rectangular_pixels_are_refused_with_the_file_named(tmp_path):
@@ -238,6 +248,7 @@ def test_default_config_trains_a_matched_model_for_the_cspad_frames():
     e = specs(base_config())["thermolysin_lcls_cspad"]
     assert e.predict_with == "both" and e.matched["structure"] == "thermolysin"
     assert e.matched["frames"] == 40 and e.matched_seed_index != e.seed_index
+    assert e.matched["outliers_from_frames"] is True  # lone pixels as the CSPAD frames hold them
 
 
 @pytest.mark.parametrize("change, message", [

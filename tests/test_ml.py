@@ -154,6 +154,33 @@ def test_spots_on_labelled_signal_without_a_listed_reflection_are_ignored():
     assert (c.tp, c.fp, c.fn) == (1, 1, 0)  # the spot on unlisted signal is not counted; the one on noise is
 
 
+def test_a_photon_cut_excuses_weak_visible_reflections_for_every_finder(shards):
+    """score_min_photons: reflections below the cut leave the reference and excuse a spot on them, as the evaluator
+    does with real reflections below its I/sigma cut; the CNN's and the baseline's scores both use it."""
+    from braggflow.ml import data as D
+    from braggflow.ml.train import score_spots, truth_xy
+
+    ref = next(r for r in D.index_shards(shards["7keV_100mm"]) if r.hit)
+    t = D.read_frame_truth(ref)
+    all_vis, _, _ = truth_xy(ref, 3.0)
+    cut = float(np.median(t.photons))
+    strong, excused, _ = truth_xy(ref, 3.0, cut)
+    assert len(all_vis) == 6 and len(strong) == (t.photons >= cut).sum() and 0 < len(strong) < 6
+    assert len(excused) == 6 - len(strong)
+    found = t[["x_px", "y_px"]].to_numpy(float)  # every reflection found, weak ones included
+    (s_all, _), (s_cut, _) = score_spots([(ref, found)], 3.0), score_spots([(ref, found)], 3.0, cut)
+    assert (s_all["tp"], s_all["fp"]) == (6, 0) and (s_cut["tp"], s_cut["fp"], s_cut["fn"]) == (len(strong), 0, 0)
+    (s_miss, _) = score_spots([(ref, found[t.photons.to_numpy() < cut])], 3.0, cut)
+    assert (s_miss["tp"], s_miss["fp"], s_miss["fn"]) == (0, 0, len(strong))
+    from braggflow.ml.train import baseline_peak_finding
+
+    cfg = tiny_cfg()
+    cfg["peak_finder"]["score_min_photons"] = 1e6
+    refs = D.index_shards(shards["7keV_100mm"])
+    out = baseline_peak_finding({"train": refs[:6], "validation": refs[6:9], "test": refs[9:]}, cfg)
+    assert out["test"]["tp"] == out["test"]["fn"] == 0  # nothing bright enough to score: all excused
+
+
 def test_confusion_matrix_rows_are_true_classes():
     assert confusion_matrix([0, 1, 1, 2], [0, 0, 1, 2], 3) == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
 

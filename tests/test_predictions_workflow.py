@@ -132,6 +132,14 @@ def test_the_matched_model_is_trained_in_the_cspad_geometry_and_scored_beside_th
     with h5py.File(shard) as f:
         np.testing.assert_allclose(f["braggflow/panels/origin_mm"][()],
                                    read_frames_info(tiny_run / "results/experiments/cspad/frames.h5").panels.origin_mm)
+    # Its lone bright pixels are drawn at the rate and with the amplitudes measured in the two CSPAD shots.
+    measured = json.loads((tiny_run / "results/matched/cspad/outlier_pixels.json").read_text())
+    assert measured["frames"] == 2 and measured["per_mpx"] > 10 and min(measured["photons"]) >= 5.0
+    with h5py.File(shard) as f:
+        assert json.loads(f["braggflow"].attrs["overlay"])["outlier_pixels_per_mpx"] == measured["per_mpx"]
+        assert f["braggflow"].attrs["outlier_source"] == (f"{len(measured['photons'])} lone-pixel amplitudes "
+                                                          "measured in frames.h5")
+        assert f["braggflow/frames/outlier_pixels"][()].sum() > 0
     card = json.loads((tiny_run / "results/matched/cspad/peak_finder.json").read_text())
     assert card["datasets"] == ["matched-cspad"]
     with h5py.File(tiny_run / "results/predictions/cspad/peak_finder-matched/cspad_probability_pred.h5") as f:

@@ -170,8 +170,10 @@ def untrusted_pixels(info: FramesInfo) -> np.ndarray:
 def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | Path, water_table: str | Path,
                         beam: Beam, simulation: SimulationSettings, overlay: OverlaySettings, jet_thickness_m: float,
                         seed: int, dataset: str, dataset_index: int, frames: range, structure: str,
-                        log=None) -> dict[str, Any]:
-    """Simulate ``frames`` in the experiment's geometry and write one stacked training shard atomically."""
+                        outlier_amplitudes: np.ndarray | None = None, log=None) -> dict[str, Any]:
+    """Simulate ``frames`` in the experiment's geometry and write one stacked training shard atomically.
+    ``outlier_amplitudes``: lone-pixel photons measured in the experiment's frames (outliers.py) to draw outliers
+    from, at ``overlay.outlier_pixels_per_mpx``; None draws them log-uniformly within overlay.outlier_photons."""
     wavelength = experiment_wavelength_angstrom(info)
     beam_dir = experiment_beam_direction(info)
     dets = panel_detectors(info.panels, beam_dir, info.path)
@@ -212,7 +214,8 @@ def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | P
             rng = frame_rng(seed, dataset_index, frame_index)
             hit, jet_factor = frame_conditions(overlay, rng)
             fluence_factor = d.fluence_photons_per_m2 / beam.fluence_per_m2
-            fr = overlay_frame(bragg, stacked_water, stacked_untrusted, hit, jet_factor, fluence_factor, overlay, rng)
+            fr = overlay_frame(bragg, stacked_water, stacked_untrusted, hit, jet_factor, fluence_factor, overlay, rng,
+                               outlier_amplitudes)
             data[row] = fr.counts
             labels[row] = fr.label.astype(np.uint8)
             t = pd.concat(rows, ignore_index=True)
@@ -235,6 +238,9 @@ def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | P
         g.attrs["simulation"] = json.dumps({**simulation.provenance(), "beam": beam.as_dict(),
                                             "jet_thickness_m": jet_thickness_m}, sort_keys=True)
         g.attrs["overlay"] = json.dumps(asdict(overlay), sort_keys=True)
+        g.attrs["outlier_source"] = (f"{len(outlier_amplitudes)} lone-pixel amplitudes measured in "
+                                     f"{Path(info.path).name}" if outlier_amplitudes is not None
+                                     else "log-uniform within overlay.outlier_photons")
         g.attrs["versions"] = json.dumps({"braggflow": __version__, "numpy": np.__version__})
         pg = g.create_group("panels")
         pg["name"] = np.array(info.panels.name, dtype=h5py.string_dtype())

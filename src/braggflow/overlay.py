@@ -99,14 +99,16 @@ def frame_conditions(s: OverlaySettings, rng: np.random.Generator) -> tuple[bool
 
 
 def add_outlier_pixels(photons: np.ndarray, untrusted: np.ndarray, s: OverlaySettings,
-                       rng: np.random.Generator) -> int:
+                       rng: np.random.Generator, amplitudes: np.ndarray | None = None) -> int:
     """Add isolated single-pixel outliers to ``photons`` in place; returns how many.
 
     Real detectors record lone bright pixels that are no Bragg spot: hot pixels, zingers, charge-injection and
     readout glitches. A diffraction spot always spreads over the point-spread function, so these stay unlabelled:
     a peak finder trained on them learns to tell the two apart. Poisson number per frame
     (outlier_pixels_per_mpx per million trusted pixels), uniform positions, log-uniform amplitudes within
-    outlier_photons. Nothing is drawn when the rate is 0, so frames without outliers keep their bytes."""
+    outlier_photons, or, given ``amplitudes`` (photons measured in an experiment's frames,
+    outliers.measure_outlier_pixels), resampled from those. Nothing is drawn when the rate is 0, so frames without
+    outliers keep their bytes."""
     if s.outlier_pixels_per_mpx <= 0:
         return 0
     trusted = np.flatnonzero(~untrusted.ravel())
@@ -114,8 +116,11 @@ def add_outlier_pixels(photons: np.ndarray, untrusted: np.ndarray, s: OverlaySet
     if n == 0:
         return 0
     where = rng.choice(trusted, size=n, replace=False)
-    lo, hi = np.log(s.outlier_photons[0]), np.log(s.outlier_photons[1])
-    amplitude = np.rint(np.exp(rng.uniform(lo, hi, size=n))).astype(photons.dtype)
+    if amplitudes is not None:
+        amplitude = np.rint(rng.choice(amplitudes, size=n)).astype(photons.dtype)
+    else:
+        lo, hi = np.log(s.outlier_photons[0]), np.log(s.outlier_photons[1])
+        amplitude = np.rint(np.exp(rng.uniform(lo, hi, size=n))).astype(photons.dtype)
     photons.ravel()[where] += amplitude
     return n
 
@@ -144,11 +149,12 @@ class OverlayFrame:
 
 
 def overlay_frame(bragg: np.ndarray, water: np.ndarray, untrusted: np.ndarray, hit: bool, jet_factor: float,
-                  fluence_factor: float, s: OverlaySettings, rng: np.random.Generator) -> OverlayFrame:
+                  fluence_factor: float, s: OverlaySettings, rng: np.random.Generator,
+                  outlier_amplitudes: np.ndarray | None = None) -> OverlayFrame:
     water_frame = (water * (jet_factor * fluence_factor)).astype(np.float32)
     signal = bragg.astype(np.float64) if hit else np.zeros(bragg.shape)
     photons = rng.poisson(signal + water_frame)
-    n_outliers = add_outlier_pixels(photons, untrusted, s, rng)
+    n_outliers = add_outlier_pixels(photons, untrusted, s, rng, outlier_amplitudes)
     adu = s.adu_per_photon * photons
     if s.readout_noise_adu > 0:
         adu = adu + rng.normal(0.0, s.readout_noise_adu, size=adu.shape)

@@ -65,7 +65,7 @@ def run_peak_finder(shards: Sequence[str], *, weights: str, card: str, history: 
     found = [(r, cnn_spots(model, D.read_counts_only(r), device, post["threshold"], post["min_spot_px"]))
              for r in splits["test"]]
     seconds = time.perf_counter() - t0
-    scores, rows = score_spots(found, cfg["match_radius_px"])
+    scores, rows = score_spots(found, cfg["match_radius_px"], cfg["peak_finder"]["score_min_photons"])
     _json(spots, {"per_frame": rows, "spots": {f"{r.dataset}/{r.frame_index}": s.round(3).tolist()
                                               for r, s in found}})
     metrics = {"test": scores, "best_validation_loss": min(h["validation_loss"] for h in result.history),

@@ -14,7 +14,7 @@ DEFAULTS: dict[str, Any] = {
     "example_frames": 2,
     "peak_finder": {"base_channels": 16, "tile_px": 48, "tiles_per_frame": 64, "batch_size": 32, "epochs": 30,
                     "patience": 6, "learning_rate": 0.003, "pos_weight_power": 0.5, "target": "reflections", "threshold_grid": [0.5, 0.7, 0.9, 0.95, 0.98],
-                    "min_spot_px_grid": [1, 2, 3]},
+                    "min_spot_px_grid": [1, 2, 3], "score_min_photons": 0.0},
     "hit_classifier": {"bin_px": 8, "channels": 16, "batch_size": 8, "epochs": 40, "patience": 8,
                        "learning_rate": 0.003},
     "energy_distance": {"radial_bins": 128, "sectors": 8, "channels": 32, "batch_size": 16, "epochs": 200,

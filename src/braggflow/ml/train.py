@@ -160,7 +160,8 @@ def tune_cnn_spots(model: nn.Module, refs: Sequence[D.FrameRef], cfg: dict[str, 
     frames = []
     for r in refs[: cfg["baseline"]["max_tuning_frames"]]:
         counts = D.read_counts_only(r)
-        frames.append((predict_probability(model, counts, device), counts, *truth_xy(r, cfg["match_radius_px"])))
+        frames.append((predict_probability(model, counts, device), counts,
+                       *truth_xy(r, cfg["match_radius_px"], p["score_min_photons"])))
     grid = []
     for thr in p["threshold_grid"]:
         for min_px in p["min_spot_px_grid"]:
@@ -173,22 +174,26 @@ def tune_cnn_spots(model: nn.Module, refs: Sequence[D.FrameRef], cfg: dict[str, 
     return {"threshold": best["threshold"], "min_spot_px": best["min_spot_px"]}, grid
 
 
-def truth_xy(ref: D.FrameRef, radius_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What a frame's spots are scored against: visible reflections (n, 2), the other listed reflections (m, 2),
-    and the mask of labelled Bragg signal that no listed reflection explains (``metrics.unlisted_signal_mask``)."""
+def truth_xy(ref: D.FrameRef, radius_px: float,
+             min_photons: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a frame's spots are scored against: visible reflections with >= ``min_photons`` (n, 2), the other
+    listed reflections (m, 2), which excuse a spot without counting as missed (as the evaluator excuses real
+    reflections below its I/sigma cut), and the mask of labelled Bragg signal that no listed reflection explains
+    (``metrics.unlisted_signal_mask``)."""
     from .metrics import unlisted_signal_mask
 
     t = D.read_frame_truth(ref)
-    vis = t.visible.astype(bool).to_numpy()
+    scored = t.visible.astype(bool).to_numpy() & (t.photons.to_numpy() >= min_photons)
     xy = t[["x_px", "y_px"]].to_numpy(float)
     _, label = D.read_frame(ref)
-    return xy[vis], xy[~vis], unlisted_signal_mask(label, xy, radius_px)
+    return xy[scored], xy[~scored], unlisted_signal_mask(label, xy, radius_px)
 
 
-def score_spots(per_frame: Sequence[tuple[D.FrameRef, np.ndarray]], radius_px: float) -> tuple[dict, list[dict]]:
+def score_spots(per_frame: Sequence[tuple[D.FrameRef, np.ndarray]], radius_px: float,
+                min_photons: float = 0.0) -> tuple[dict, list[dict]]:
     total, rows = PeakCounts(), []
     for ref, spots in per_frame:
-        vis, other, unlisted = truth_xy(ref, radius_px)
+        vis, other, unlisted = truth_xy(ref, radius_px, min_photons)
         c = frame_peak_counts(spots, vis, radius_px, other, unlisted)
         total.add(c)
         rows.append({"dataset": ref.dataset, "frame_index": ref.frame_index, "hit": ref.hit,
@@ -370,9 +375,11 @@ def baseline_peak_finding(refs: dict[str, list[D.FrameRef]], cfg: dict[str, Any]
     """Dispersion spot finder, tuned (sigma_strong, min spot size, hit threshold) on the train + validation
     frames, then scored on the test frames; hit = at least hit_min_spots spots."""
     b, radius = cfg["baseline"], cfg["match_radius_px"]
+    min_photons = cfg["peak_finder"]["score_min_photons"]  # the CNN's reference, so both are tuned alike
     base = DispersionSettings(b["kernel_half_px"], b["sigma_background"], 3.0, b["min_local"], 2)
     tune_refs = refs["train"] + refs["validation"]
-    frames = [(D.read_counts_only(r), *truth_xy(r, radius)) for r in tune_refs[: b["max_tuning_frames"]]]
+    frames = [(D.read_counts_only(r), *truth_xy(r, radius, min_photons))
+              for r in tune_refs[: b["max_tuning_frames"]]]
     settings, grid = tune_dispersion(frames, base, b["sigma_strong_grid"], b["min_spot_px_grid"], radius)
     del frames
     n_tune = [len(find_spots(D.read_counts_only(r), settings)) for r in tune_refs]
@@ -382,7 +389,7 @@ def baseline_peak_finding(refs: dict[str, list[D.FrameRef]], cfg: dict[str, Any]
     t0 = time.perf_counter()
     found = [(r, find_spots(D.read_counts_only(r), settings)) for r in refs["test"]]
     seconds = time.perf_counter() - t0
-    scores, rows = score_spots(found, radius)
+    scores, rows = score_spots(found, radius, min_photons)
     pred_hit = [int(len(s) >= hit_min) for _, s in found]
     return {"settings": settings.__dict__, "hit_min_spots": hit_min, "tuning_grid": grid, "test": scores,
             "hit_accuracy": accuracy(pred_hit, [r.hit for r in refs["test"]]), "per_frame": rows,
