@@ -6,7 +6,7 @@ shard (spots: truth reflections above 40 photons):
   (sets ``simulation.psf_fwhm_um``);
 - net photons (5x5 box, local median) of DIALS-integrated reflections by I/sigma bin: the photons at the
   evaluator's I/sigma cut (sets ``training.peak_finder.score_min_photons`` of the matched model);
-- isolated bright pixels per million pixels per frame: net photons above the local median >= T while every
+- isolated bright pixels per million eligible pixels (trusted, 8 trusted neighbours) per frame: net photons above the local median >= T while every
   neighbour stays below 15 % of it (braggflow.outliers; matched.outliers_from_frames draws the real frames' own).
 
 usage: python benchmarks/detector_realism.py [experiment]   (after the workflow has run it)
@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import ndimage
 
 from braggflow import evaluate as E
-from braggflow.outliers import isolated_pixels
+from braggflow.outliers import eligible_pixels, isolated_pixels
 from braggflow.panels import read_frame_photons, read_frames_info
 
 THRESHOLDS_PHOTONS = (5, 10, 20, 50)
@@ -43,6 +43,11 @@ def spot_shapes(photons: np.ndarray, panel: np.ndarray, xy: np.ndarray) -> np.nd
 
 
 IOS_BINS = (3, 4, 5, 6, 8, 12, 30)
+
+
+def n_eligible(photons: np.ndarray) -> int:
+    """Pixels of a (panels, slow, fast) frame that can be seen to be isolated: the rates' denominator."""
+    return int(sum(eligible_pixels(a).sum() for a in photons))
 
 
 def net_photons_by_i_over_sigma(frames: str, dials: list) -> None:
@@ -91,7 +96,7 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
         if fr.indexed:
             ref = E.dials_reference(fr, fr.wavelength_angstrom, 0.0, 5.0)
             shapes.append(spot_shapes(photons, ref.panel, ref.xy))
-    report(f"real ({info.n_frames} frames)", np.concatenate(shapes), spikes, int((photons >= 0).sum()))
+    report(f"real ({info.n_frames} frames)", np.concatenate(shapes), spikes, n_eligible(photons))
     net_photons_by_i_over_sigma(frames, dials)
 
     shard = f"results/matched/{experiment}/shard_0000.h5"
@@ -106,7 +111,7 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
             shapes.append(spot_shapes(counts, np.zeros(len(t), int), t[["x_px", "y_px"]].to_numpy()))
             spikes.append(isolated_pixels(counts, 3.0))
     report(f"matched simulation ({len(index)} frames of {shard})", np.concatenate(shapes), spikes,
-           int((counts >= 0).sum()))
+           n_eligible(counts))
 
 
 if __name__ == "__main__":

@@ -181,6 +181,38 @@ def test_a_photon_cut_excuses_weak_visible_reflections_for_every_finder(shards):
     assert out["test"]["tp"] == out["test"]["fn"] == 0  # nothing bright enough to score: all excused
 
 
+def test_tuning_takes_the_best_f1_or_the_most_precise_setting_reaching_a_recall_floor():
+    from braggflow.ml.metrics import select_setting
+
+    grid = [{"name": "loose", "precision": 0.5, "recall": 0.99, "f1": 0.66},
+            {"name": "balanced", "precision": 0.85, "recall": 0.9, "f1": 0.874},
+            {"name": "tight", "precision": 0.95, "recall": 0.82, "f1": 0.88},
+            {"name": "strict", "precision": 1.0, "recall": 0.5, "f1": 0.667}]
+    tie = lambda g: ()  # noqa: E731
+    assert select_setting(grid, None, tie)["name"] == "tight"  # best F1
+    assert select_setting(grid, 0.8, tie)["name"] == "tight"  # most precise with recall >= 0.8
+    assert select_setting(grid, 0.85, tie)["name"] == "balanced"
+    assert select_setting(grid, 0.999, tie)["name"] == "tight"  # none reaches it: best F1
+    # The dispersion baseline follows the same rule: with a floor it never picks a setting below it.
+    from braggflow.ml.baselines import DispersionSettings, tune_dispersion
+
+    rng = np.random.default_rng(4)
+    frames = []
+    for _ in range(3):
+        xy = rng.uniform(10, 86, size=(10, 2))
+        counts = rng.poisson(gaussian_spots(SHAPE, xy, rng.uniform(8, 60, 10)) + 0.5).astype(np.int32)
+        frames.append((counts, xy, np.zeros((0, 2))))
+    base = DispersionSettings(3, 6.0, 3.0, 2, 2)
+    f1_pick, grid = tune_dispersion(frames, base, [2.0, 3.0, 4.0, 5.0], [1, 2, 3], 3.0)
+    at = {(g["sigma_strong"], g["min_spot_px"]): g for g in grid}
+    assert at[(f1_pick.sigma_strong, f1_pick.min_spot_px)]["f1"] == max(g["f1"] for g in grid)
+    floor = float(np.median([g["recall"] for g in grid]))
+    floor_pick, _ = tune_dispersion(frames, base, [2.0, 3.0, 4.0, 5.0], [1, 2, 3], 3.0, min_recall=floor)
+    chosen = at[(floor_pick.sigma_strong, floor_pick.min_spot_px)]
+    assert chosen["recall"] >= floor
+    assert chosen["precision"] == max(g["precision"] for g in grid if g["recall"] >= floor)
+
+
 def test_confusion_matrix_rows_are_true_classes():
     assert confusion_matrix([0, 1, 1, 2], [0, 0, 1, 2], 3) == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
 

@@ -6,8 +6,8 @@ of the kinds and brightnesses the experiment's detector records, so the matched 
 
 - isolated pixel: net photons (above the 7x7 local median) >= ``min_photons`` while all 8 neighbours stay below
   15 % of that, away from untrusted pixels;
-- rate: isolated pixels per million trusted pixels per frame; amplitudes: their net photons, resampled by
-  ``overlay.add_outlier_pixels``.
+- rate: isolated pixels per million pixels that could be seen to be isolated (trusted, with 8 trusted
+  neighbours), per frame; amplitudes: their net photons, resampled by ``overlay.add_outlier_pixels``.
 
 Real Bragg spots are seldom isolated (a median 42 % of a CSPAD spot's photons fall in its brightest pixel), so the
 few that pass are a small share of the sample.
@@ -30,41 +30,51 @@ MEDIAN_BOX_PX = 7
 NEIGHBOUR_FRACTION = 0.15  # well below a spot's second pixel (>= 25 % of its first in most real CSPAD spots)
 
 
-def isolated_pixels(photons: np.ndarray, min_photons: float) -> np.ndarray:
-    """Net photons of every isolated pixel >= ``min_photons`` of a (panels, slow, fast) frame (-1 untrusted)."""
+def _ring() -> np.ndarray:
     ring = ndimage.generate_binary_structure(2, 2)
     ring[1, 1] = False
+    return ring
+
+
+def eligible_pixels(panel: np.ndarray) -> np.ndarray:
+    """Pixels whose 8 neighbours are all trusted, on the panel: the only ones that can be seen to be isolated."""
+    trusted = panel >= 0
+    return trusted & ndimage.binary_erosion(trusted, _ring(), border_value=0)
+
+
+def isolated_pixels(photons: np.ndarray, min_photons: float) -> np.ndarray:
+    """Net photons of every isolated pixel >= ``min_photons`` of a (panels, slow, fast) frame (-1 untrusted)."""
     out = []
     for a in np.asarray(photons, np.float64):
-        trusted = a >= 0
-        a = np.where(trusted, a, 0.0)
+        eligible = eligible_pixels(a)
+        a = np.where(a >= 0, a, 0.0)
         med = ndimage.median_filter(a, size=MEDIAN_BOX_PX)
         net = a - med
-        neighbours = ndimage.maximum_filter(a, footprint=ring) - med
-        iso = ((net >= min_photons) & (neighbours < NEIGHBOUR_FRACTION * net)
-               & ndimage.binary_erosion(trusted, ring, border_value=0))
-        out.append(net[iso])
+        neighbours = ndimage.maximum_filter(a, footprint=_ring()) - med
+        out.append(net[(net >= min_photons) & (neighbours < NEIGHBOUR_FRACTION * net) & eligible])
     return np.concatenate(out) if out else np.zeros(0)
 
 
 def measure_outlier_pixels(frames_path: str | Path, min_photons: float) -> dict[str, Any]:
-    """Rate (per Mpx of trusted pixels per frame) and sorted net photons of the isolated pixels of every frame."""
+    """Rate (per Mpx of eligible pixels per frame: the overlay draws as densely on every trusted pixel) and sorted
+    net photons of the isolated pixels of every frame."""
     if not min_photons > 0:
         raise ValueError(f"min_photons {min_photons!r} must be > 0")
     info = read_frames_info(frames_path)
-    amplitudes, per_frame, trusted = [], [], 0
+    amplitudes, per_frame, eligible = [], [], 0
     for i in range(info.n_frames):
         photons = read_frame_photons(frames_path, i)
         v = isolated_pixels(photons, min_photons)
         amplitudes.append(v)
         per_frame.append(len(v))
-        trusted += int((photons >= 0).sum())
-    if trusted == 0:
-        raise InputError(frames_path, "no trusted pixel in any frame: cannot measure lone-pixel outliers")
+        eligible += int(sum(eligible_pixels(a).sum() for a in photons))
+    if eligible == 0:
+        raise InputError(frames_path, "no pixel with 8 trusted neighbours in any frame: cannot measure lone-pixel "
+                                      "outliers")
     photons = np.sort(np.concatenate(amplitudes)) if amplitudes else np.zeros(0)
     return {"frames_file": Path(frames_path).name, "frames": info.n_frames, "min_photons": float(min_photons),
             "neighbour_fraction": NEIGHBOUR_FRACTION, "median_box_px": MEDIAN_BOX_PX,
-            "per_mpx": len(photons) / trusted * 1e6, "per_frame": per_frame,
+            "per_mpx": len(photons) / eligible * 1e6, "per_frame": per_frame,
             "photons": [round(float(v), 4) for v in photons]}
 
 

@@ -84,11 +84,12 @@ def find_spots(counts: np.ndarray, s: DispersionSettings, stats=None) -> np.ndar
 
 def tune_dispersion(frames: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], base: DispersionSettings,
                     sigma_strong_grid: Sequence[float], min_spot_grid: Sequence[int],
-                    radius_px: float) -> tuple[DispersionSettings, list[dict]]:
+                    radius_px: float, min_recall: float | None = None) -> tuple[DispersionSettings, list[dict]]:
     """Pick sigma_strong and min_spot_px maximising F1 over (counts, visible xy, other truth xy[, unlisted-signal
-    mask]) frames: the baseline is tuned on frames it is not scored on, as the CNN's spot extraction is.
+    mask]) frames, or the most precise pair reaching ``min_recall`` (``metrics.select_setting``, the CNN's rule):
+    the baseline is tuned on frames it is not scored on, as the CNN's spot extraction is.
     Returns the settings and the whole grid's scores."""
-    from .metrics import PeakCounts, frame_peak_counts, peak_scores
+    from .metrics import PeakCounts, frame_peak_counts, peak_scores, select_setting
 
     stats = [local_statistics(f[0], base.kernel_half_px) for f in frames]
     grid = []
@@ -100,7 +101,7 @@ def tune_dispersion(frames: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
             for (counts, vis, other, *unlisted), st in zip(frames, stats):
                 total.add(frame_peak_counts(find_spots(counts, s, st), vis, radius_px, other, *unlisted))
             grid.append({"sigma_strong": float(sigma), "min_spot_px": int(min_px), **peak_scores(total)})
-    best = max(grid, key=lambda g: (g["f1"], -g["sigma_strong"], -g["min_spot_px"]))
+    best = select_setting(grid, min_recall, lambda g: (-g["sigma_strong"], -g["min_spot_px"]))
     return DispersionSettings(base.kernel_half_px, base.sigma_background, best["sigma_strong"], base.min_local,
                               best["min_spot_px"]), grid
 

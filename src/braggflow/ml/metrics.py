@@ -7,7 +7,7 @@ predictions on one reflection count one true positive and one false positive.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -102,6 +102,17 @@ def peak_scores(c: PeakCounts) -> dict[str, float]:
     return {"precision": precision, "recall": recall, "f1": f1, "tp": c.tp, "fp": c.fp, "fn": c.fn,
             "loc_error_median_px": float(np.median(err)) if len(err) else float("nan"),
             "loc_error_p95_px": float(np.percentile(err, 95)) if len(err) else float("nan")}
+
+
+def select_setting(grid: Sequence[dict], min_recall: float | None, tie_break: Callable[[dict], tuple]) -> dict:
+    """The tuned grid point: the best F1, or, given ``min_recall``, the most precise point whose recall reaches it
+    (a target of the form "find >= x % with the fewest false peaks"); the best F1 where no point reaches it.
+    ``tie_break`` orders equal scores (larger wins)."""
+    if min_recall is not None:
+        reach = [g for g in grid if g["recall"] >= min_recall]
+        if reach:
+            return max(reach, key=lambda g: (g["precision"], g["recall"], *tie_break(g)))
+    return max(grid, key=lambda g: (g["f1"], *tie_break(g)))
 
 
 def accuracy(pred: Sequence[int], true: Sequence[int]) -> float:

@@ -24,7 +24,7 @@ from torch import nn
 from . import data as D
 from .baselines import (DispersionSettings, find_spots, fit_profile_classifier, tune_dispersion,
                         tune_hit_threshold)
-from .metrics import PeakCounts, accuracy, confusion_matrix, frame_peak_counts, peak_scores
+from .metrics import PeakCounts, accuracy, confusion_matrix, frame_peak_counts, peak_scores, select_setting
 from .models import EnergyDistanceNet, HitClassifier, PeakUNet
 
 VALIDATION_EPOCH = 1_000_000  # tile stream of the fixed validation tiles, apart from every training epoch
@@ -154,8 +154,8 @@ def cnn_spots(model: nn.Module, counts: np.ndarray, device: torch.device, thresh
 
 def tune_cnn_spots(model: nn.Module, refs: Sequence[D.FrameRef], cfg: dict[str, Any],
                    device: torch.device) -> tuple[dict[str, float], list[dict]]:
-    """Probability threshold and minimum spot size maximising F1 on the validation frames (as the baseline's
-    thresholds are tuned on frames it is not scored on)."""
+    """Probability threshold and minimum spot size maximising F1 on the validation frames, or the most precise
+    reaching peak_finder.tune_min_recall (as the baseline's thresholds are tuned on frames it is not scored on)."""
     p = cfg["peak_finder"]
     frames = []
     for r in refs[: cfg["baseline"]["max_tuning_frames"]]:
@@ -170,7 +170,7 @@ def tune_cnn_spots(model: nn.Module, refs: Sequence[D.FrameRef], cfg: dict[str, 
                 total.add(frame_peak_counts(spots_from_probability(prob, counts, thr, min_px), vis,
                                             cfg["match_radius_px"], other, unlisted))
             grid.append({"threshold": float(thr), "min_spot_px": int(min_px), **peak_scores(total)})
-    best = max(grid, key=lambda g: (g["f1"], -abs(g["threshold"] - 0.5), -g["min_spot_px"]))
+    best = select_setting(grid, p["tune_min_recall"], lambda g: (-abs(g["threshold"] - 0.5), -g["min_spot_px"]))
     return {"threshold": best["threshold"], "min_spot_px": best["min_spot_px"]}, grid
 
 
@@ -375,12 +375,13 @@ def baseline_peak_finding(refs: dict[str, list[D.FrameRef]], cfg: dict[str, Any]
     """Dispersion spot finder, tuned (sigma_strong, min spot size, hit threshold) on the train + validation
     frames, then scored on the test frames; hit = at least hit_min_spots spots."""
     b, radius = cfg["baseline"], cfg["match_radius_px"]
-    min_photons = cfg["peak_finder"]["score_min_photons"]  # the CNN's reference, so both are tuned alike
+    min_photons = cfg["peak_finder"]["score_min_photons"]  # the CNN's reference and rule: both are tuned alike
     base = DispersionSettings(b["kernel_half_px"], b["sigma_background"], 3.0, b["min_local"], 2)
     tune_refs = refs["train"] + refs["validation"]
     frames = [(D.read_counts_only(r), *truth_xy(r, radius, min_photons))
               for r in tune_refs[: b["max_tuning_frames"]]]
-    settings, grid = tune_dispersion(frames, base, b["sigma_strong_grid"], b["min_spot_px_grid"], radius)
+    settings, grid = tune_dispersion(frames, base, b["sigma_strong_grid"], b["min_spot_px_grid"], radius,
+                                     cfg["peak_finder"]["tune_min_recall"])
     del frames
     n_tune = [len(find_spots(D.read_counts_only(r), settings)) for r in tune_refs]
     hit_min = tune_hit_threshold(n_tune, [r.hit for r in tune_refs])
