@@ -6,8 +6,9 @@ shard (spots: truth reflections above 40 photons):
   (sets ``simulation.psf_fwhm_um``);
 - net photons (5x5 box, local median) of DIALS-integrated reflections by I/sigma bin: the photons at the
   evaluator's I/sigma cut (sets ``training.peak_finder.score_min_photons`` of the matched model);
-- isolated bright pixels per million eligible pixels (trusted, 8 trusted neighbours) per frame: net photons above the local median >= T while every
-  neighbour stays below 15 % of it (braggflow.outliers; matched.outliers_from_frames draws the real frames' own).
+- isolated bright pixels per million eligible pixels (trusted, 8 trusted neighbours) per frame: net photons
+  above the local median >= T while every neighbour stays below 15 % of it (braggflow.outliers;
+  matched.outliers_from_frames draws the real frames' own).
 
 usage: python benchmarks/detector_realism.py [experiment]   (after the workflow has run it)
 """
@@ -20,7 +21,7 @@ import pandas as pd
 from scipy import ndimage
 
 from braggflow import evaluate as E
-from braggflow.outliers import eligible_pixels, isolated_pixels
+from braggflow.outliers import eligible_count, isolated_pixels
 from braggflow.panels import read_frame_photons, read_frames_info
 
 THRESHOLDS_PHOTONS = (5, 10, 20, 50)
@@ -45,29 +46,24 @@ def spot_shapes(photons: np.ndarray, panel: np.ndarray, xy: np.ndarray) -> np.nd
 IOS_BINS = (3, 4, 5, 6, 8, 12, 30)
 
 
-def n_eligible(photons: np.ndarray) -> int:
-    """Pixels of a (panels, slow, fast) frame that can be seen to be isolated: the rates' denominator."""
-    return int(sum(eligible_pixels(a).sum() for a in photons))
-
-
-def net_photons_by_i_over_sigma(frames: str, dials: list) -> None:
-    """Median net photons in a 5x5 box at DIALS' predicted positions, per I/sigma bin (all indexed reflections)."""
+def net_photons_at(photons: np.ndarray, fr) -> list[tuple[float, float]]:
+    """(DIALS I/sigma, net photons in a 5x5 box at the predicted position) of an indexed frame's reflections."""
     rows = []
-    for i, fr in enumerate(dials):
-        if not fr.indexed:
+    xy = E.predicted_positions(fr.a_matrix, fr.hkl, fr.panel, fr.panels, fr.beam_direction, fr.wavelength_angstrom,
+                               0.0, fr.parallax)
+    for j, (x, y), ios in zip(fr.panel, xy, fr.i_over_sigma):
+        if not np.isfinite(x) or not np.isfinite(ios):
             continue
-        photons = read_frame_photons(frames, i)
-        xy = E.predicted_positions(fr.a_matrix, fr.hkl, fr.panel, fr.panels, fr.beam_direction,
-                                   fr.wavelength_angstrom, 0.0, fr.parallax)
-        for j, (x, y), ios in zip(fr.panel, xy, fr.i_over_sigma):
-            if not np.isfinite(x) or not np.isfinite(ios):
-                continue
-            s, f = int(y), int(x)
-            box = photons[j, s - 2:s + 3, f - 2:f + 3]
-            if box.shape != (5, 5) or (box < 0).any():
-                continue
-            bg = photons[j, max(s - 10, 0):s + 11, max(f - 10, 0):f + 11]
-            rows.append((ios, float((box - np.median(bg[bg >= 0])).sum())))
+        s, f = int(y), int(x)
+        box = photons[j, s - 2:s + 3, f - 2:f + 3]
+        if box.shape != (5, 5) or (box < 0).any():
+            continue
+        bg = photons[j, max(s - 10, 0):s + 11, max(f - 10, 0):f + 11]
+        rows.append((ios, float((box - np.median(bg[bg >= 0])).sum())))
+    return rows
+
+
+def report_net_photons(rows: list[tuple[float, float]]) -> None:
     a = np.array(rows).reshape(-1, 2)
     bins = []
     for lo, hi in zip(IOS_BINS[:-1], IOS_BINS[1:]):
@@ -89,15 +85,16 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
     frames = f"results/experiments/{experiment}/frames.h5"
     info = read_frames_info(frames)
     dials = E.dials_frames(f"results/experiments/{experiment}/dials/export.npz", info.n_frames)
-    shapes, spikes = [], []
+    shapes, spikes, net = [], [], []
     for i, fr in enumerate(dials):
         photons = read_frame_photons(frames, i)
         spikes.append(isolated_pixels(photons, 3.0))
         if fr.indexed:
             ref = E.dials_reference(fr, fr.wavelength_angstrom, 0.0, 5.0)
             shapes.append(spot_shapes(photons, ref.panel, ref.xy))
-    report(f"real ({info.n_frames} frames)", np.concatenate(shapes), spikes, n_eligible(photons))
-    net_photons_by_i_over_sigma(frames, dials)
+            net += net_photons_at(photons, fr)
+    report(f"real ({info.n_frames} frames)", np.concatenate(shapes), spikes, eligible_count(photons))
+    report_net_photons(net)
 
     shard = f"results/matched/{experiment}/shard_0000.h5"
     with h5py.File(shard, "r") as f:
@@ -111,7 +108,7 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
             shapes.append(spot_shapes(counts, np.zeros(len(t), int), t[["x_px", "y_px"]].to_numpy()))
             spikes.append(isolated_pixels(counts, 3.0))
     report(f"matched simulation ({len(index)} frames of {shard})", np.concatenate(shapes), spikes,
-           n_eligible(counts))
+           eligible_count(counts))
 
 
 if __name__ == "__main__":

@@ -30,16 +30,18 @@ MEDIAN_BOX_PX = 7
 NEIGHBOUR_FRACTION = 0.15  # well below a spot's second pixel (>= 25 % of its first in most real CSPAD spots)
 
 
-def _ring() -> np.ndarray:
-    ring = ndimage.generate_binary_structure(2, 2)
-    ring[1, 1] = False
-    return ring
+RING = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], bool)  # the 8 neighbours
 
 
 def eligible_pixels(panel: np.ndarray) -> np.ndarray:
     """Pixels whose 8 neighbours are all trusted, on the panel: the only ones that can be seen to be isolated."""
     trusted = panel >= 0
-    return trusted & ndimage.binary_erosion(trusted, _ring(), border_value=0)
+    return trusted & ndimage.binary_erosion(trusted, RING, border_value=0)
+
+
+def eligible_count(photons: np.ndarray) -> int:
+    """Eligible pixels of a (panels, slow, fast) frame: the denominator of an isolated-pixel rate."""
+    return int(sum(eligible_pixels(a).sum() for a in photons))
 
 
 def isolated_pixels(photons: np.ndarray, min_photons: float) -> np.ndarray:
@@ -50,7 +52,7 @@ def isolated_pixels(photons: np.ndarray, min_photons: float) -> np.ndarray:
         a = np.where(a >= 0, a, 0.0)
         med = ndimage.median_filter(a, size=MEDIAN_BOX_PX)
         net = a - med
-        neighbours = ndimage.maximum_filter(a, footprint=_ring()) - med
+        neighbours = ndimage.maximum_filter(a, footprint=RING) - med
         out.append(net[(net >= min_photons) & (neighbours < NEIGHBOUR_FRACTION * net) & eligible])
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -67,7 +69,7 @@ def measure_outlier_pixels(frames_path: str | Path, min_photons: float) -> dict[
         v = isolated_pixels(photons, min_photons)
         amplitudes.append(v)
         per_frame.append(len(v))
-        eligible += int(sum(eligible_pixels(a).sum() for a in photons))
+        eligible += eligible_count(photons)
     if eligible == 0:
         raise InputError(frames_path, "no pixel with 8 trusted neighbours in any frame: cannot measure lone-pixel "
                                       "outliers")
