@@ -19,10 +19,9 @@ import torch
 from braggflow.ml import data as D
 from braggflow.ml.baselines import DispersionSettings, find_spots
 from braggflow.ml.models import EnergyDistanceNet, HitClassifier, PeakUNet
-from braggflow.ml.settings import DEFAULTS
 from braggflow.ml.train import cnn_spots
 
-from train_throughput import synthetic_frame  # noqa: E402  (benchmarks/ is the script's directory)
+from train_throughput import default_training, synthetic_frame  # noqa: E402  (benchmarks/ is the script's directory)
 
 
 def timed(fn, n, device):
@@ -49,15 +48,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = DEFAULTS
+    cfg = default_training()
     torch.manual_seed(0)
-    peak = PeakUNet(cfg["peak_finder"]["base_channels"])
+    peak = PeakUNet(cfg.peak_finder.base_channels)
     if args.weights:
         peak.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     peak = peak.to(device).eval()
-    hit = HitClassifier(cfg["hit_classifier"]["channels"]).to(device).eval()
-    e = cfg["energy_distance"]
-    ed = EnergyDistanceNet(e["sectors"], e["radial_bins"], 3, 3, e["channels"]).to(device).eval()
+    hit = HitClassifier(cfg.hit_classifier.channels).to(device).eval()
+    e = cfg.energy_distance
+    ed = EnergyDistanceNet(e.sectors, e.radial_bins, 3, 3, e.channels).to(device).eval()
     refs = D.index_shards(sorted(glob.glob(args.shards))) if args.shards else []
     frames = [D.read_counts_only(r) for r in refs[: args.frames + 1]] or [synthetic_frame(np.random.default_rng(0))[0]]
     centre = D.beam_center_px(refs[0]) if refs else (1035.0, 1083.5)
@@ -70,11 +69,11 @@ def main() -> None:
 
     @torch.no_grad()
     def run_hit(i):
-        hit(torch.from_numpy(D.binned_frame(counts(i), cfg["hit_classifier"]["bin_px"])[None]).to(device))
+        hit(torch.from_numpy(D.binned_frame(counts(i), cfg.hit_classifier.bin_px)[None]).to(device))
 
     @torch.no_grad()
     def run_ed(i):
-        ed(torch.from_numpy(D.polar_profile(counts(i), centre, e["radial_bins"], e["sectors"])[None]).to(device))
+        ed(torch.from_numpy(D.polar_profile(counts(i), centre, e.radial_bins, e.sectors)[None]).to(device))
 
     def run_base(i):
         find_spots(counts(i), DispersionSettings())

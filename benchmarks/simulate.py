@@ -27,7 +27,11 @@ import numpy as np  # noqa: E402
 
 from braggflow.draws import DrawConfig, draw_frame  # noqa: E402
 from braggflow.simulator import (  # noqa: E402
+    Crystal,
     FlatDetector,
+    Numerics,
+    Pulse,
+    Still,
     StructureFactorTable,
     get_array_module,
     simulate_still,
@@ -73,10 +77,11 @@ def main() -> None:
         for rep in range(args.repeats):
             draws = draw_frame(config, seed=1, dataset_index=0, frame_index=rep)
             t0, c0 = time.perf_counter(), time.process_time()
-            image = simulate_still(draws.orientation @ b_matrix, detector, sf, draws.wavelengths_A,
-                                   weights=draws.weights, mosaic_umats=draws.mosaic_umats, ncells=draws.ncells,
-                                   fluence_photons_per_m2=draws.fluence_photons_per_m2, oversample=oversample,
-                                   xp=xp)
+            still = Still(Crystal(draws.orientation @ b_matrix, ncells=draws.ncells, mosaic_umats=draws.mosaic_umats),
+                          Pulse(draws.wavelengths_A, weights=draws.weights,
+                                fluence_photons_per_m2=draws.fluence_photons_per_m2),
+                          Numerics(oversample=oversample))
+            image = simulate_still(still, detector, sf, xp=xp)
             if xp is not np:
                 xp.cuda.Stream.null.synchronize()
             times.append(time.perf_counter() - t0)

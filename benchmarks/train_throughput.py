@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import glob
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,16 @@ import torch
 
 from braggflow.ml import data as D
 from braggflow.ml.models import PeakUNet
-from braggflow.ml.settings import DEFAULTS
+from braggflow.config import section_defaults
+from braggflow.settings import TrainingSettings
 
 SHAPE = (2167, 2070)  # Eiger 4M (slow, fast)
+SCHEMA = Path(__file__).resolve().parents[1] / "config/config.schema.yaml"
+
+
+def default_training() -> TrainingSettings:
+    """The schema's training defaults (what a config that leaves the section out trains with)."""
+    return TrainingSettings.from_config(section_defaults(SCHEMA, "training"))
 
 
 def synthetic_frame(rng: np.random.Generator, n_spots: int = 150):
@@ -49,11 +57,11 @@ def main() -> None:
     ap.add_argument("--shards", default=None, help="glob of overlay shards (default: a synthetic frame)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    p = DEFAULTS["peak_finder"]
+    p = default_training().peak_finder
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = PeakUNet(p["base_channels"]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=p["learning_rate"])
+    model = PeakUNet(p.base_channels).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     rng = np.random.default_rng(0)
     refs = D.index_shards(sorted(glob.glob(args.shards))) if args.shards else []
@@ -68,10 +76,10 @@ def main() -> None:
 
     def one(i):
         counts, label, truth = frame(i)
-        x, y = D.sample_tiles(counts, label, truth, p["tiles_per_frame"], p["tile_px"], rng)
-        for k in range(0, len(x), p["batch_size"]):
-            xb = torch.from_numpy(x[k:k + p["batch_size"]]).to(device)
-            yb = torch.from_numpy(y[k:k + p["batch_size"]]).to(device)
+        x, y = D.sample_tiles(counts, label, truth, p.tiles_per_frame, p.tile_px, rng)
+        for k in range(0, len(x), p.batch_size):
+            xb = torch.from_numpy(x[k:k + p.batch_size]).to(device)
+            yb = torch.from_numpy(y[k:k + p.batch_size]).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xb).float(), yb)
             opt.zero_grad()

@@ -7,6 +7,8 @@ rule geometry:
         geom="results/geometry/{dataset}/{dataset}.geom",
     params:
         geometry=lambda wc: geometry_of(wc.dataset).as_dict(),
+        adu_per_photon=float(config["overlay"]["adu_per_photon"]),
+        bandwidth_rel_sigma=spectrum_rel_sigma(SIM["spectrum_shape"], SIM["bandwidth_frac"], SIM["spectrum_samples"]),
     log:
         "logs/geometry/{dataset}.log",
     conda:
@@ -28,7 +30,7 @@ rule water_background:
         ),
     params:
         geometry=lambda wc: geometry_of(wc.dataset).as_dict(),
-        beam=config["beam"],
+        beam=BEAM,
         jet_thickness_m=config["water"]["jet_thickness_um"] * 1e-6,
         name=lambda wc: wc.dataset,
     log:

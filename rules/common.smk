@@ -1,26 +1,31 @@
 # Dataset matrix, path helpers, input functions and wildcard constraints shared by every stage.
-import copy
 import functools
 import importlib.util
 import os
 
-# Jobs import braggflow from this checkout whatever environment runs them (conda envs, containers, SLURM jobs).
-# (Set here, not required from the user, so no envvars: directive.)
-_SRC, _PATH_VAR = os.path.join(workflow.basedir, "src"), "PYTHONPATH"
+# Jobs import braggflow from this checkout whatever environment runs them (conda envs, containers, SLURM jobs),
+# and the DIALS-side programs find theirs through BRAGGFLOW_WORKFLOW. Environment, not params: a checkout in
+# another directory computes the same bytes, so it must not rerun anything. (Set here, not required from the
+# user, so no envvars: directive.)
+_SRC, _PATH_VAR, _WORKFLOW_VAR = os.path.join(workflow.basedir, "src"), "PYTHONPATH", "BRAGGFLOW_WORKFLOW"
 os.environ[_PATH_VAR] = os.pathsep.join(p for p in (_SRC, os.environ.get(_PATH_VAR, "")) if p)
+os.environ[_WORKFLOW_VAR] = workflow.basedir
+from braggflow.beam import Beam
 from braggflow.config import check_structure_files
+from braggflow.draws import spectrum_rel_sigma
 from braggflow.geometry import dataset_geometry
 from braggflow.matrix import DATASET_RE, ENERGY_LABEL_RE, energies, expand_matrix
-from braggflow.shards import frame_indices
+from braggflow.overlay import OverlaySettings
+from braggflow.settings import EvaluationSettings, TrainingSettings
+from braggflow.sf import D_MIN_MARGIN
+from braggflow.sf import sf_d_min_angstrom as structure_factor_d_min
+from braggflow.shards import SimulationSettings, frame_indices
 
 check_structure_files(config)
 
 DATASETS = expand_matrix(config)  # name -> Dataset, e.g. "7keV_250mm"
 ENERGIES = energies(config)  # label -> keV, e.g. "7" -> 7.0
-STRUCTURES = list(config["structures"])
-
-# Reflections a little beyond the detector corner still light up pixels through the lattice transform.
-D_MIN_MARGIN = 0.95
+STRUCTURES = sorted(config["structures"])  # names, not file order: the same config in another order reruns nothing
 
 
 wildcard_constraints:
@@ -39,14 +44,11 @@ def geometry_of(dataset_name):
 
 
 def sf_d_min_angstrom(structure, energy):
-    """The configured d_min, or the finest d any camera length of this energy records (with margin)."""
+    """The structure's or the section's d_min, else what the camera lengths of this energy record."""
     fixed = config["structures"][structure].get("d_min_angstrom")
-    if fixed is None:
-        fixed = config["structure_factors"]["d_min_angstrom"]
-    if fixed is not None:
-        return float(fixed)
-    reach = [geometry_of(d.name).d_min_angstrom() for d in DATASETS.values() if d.energy == energy]
-    return round(D_MIN_MARGIN * min(reach), 4)
+    fixed = config["structure_factors"]["d_min_angstrom"] if fixed is None else fixed
+    corners = [geometry_of(d.name).d_min_angstrom() for d in DATASETS.values() if d.energy == energy]
+    return structure_factor_d_min(fixed, corners)
 
 
 def sf_mtz(structure, energy):
@@ -125,8 +127,19 @@ def overlay_shards(structure, dataset):
 
 
 def nominal_fluence_per_m2():
-    width_um, height_um = config["beam"]["size_um"]
-    return config["beam"]["photons_per_pulse"] / (width_um * height_um * 1e-12)
+    return Beam.from_config(config["beam"]).fluence_per_m2
+
+
+# What rules record of each section (braggflow.settings): the values that make their outputs' bytes, in the
+# settings' own order, so that a figure setting, a thread count or the order of keys in a file reruns nothing.
+BEAM = Beam.params(config["beam"])
+SIMULATION = SimulationSettings.params(SIM)
+TRAINING = TrainingSettings.from_config(config["training"])
+EVALUATION = EvaluationSettings.from_config(config["evaluation"])
+
+
+def overlay_params(section):
+    return OverlaySettings.from_config(section).params()
 
 
 @functools.cache
@@ -216,16 +229,31 @@ def all_targets():
 
 
 def benchmark_files():
-    """The benchmark file of every job that declares one (their rules' outputs, so this waits for them)."""
-    files = [f"results/benchmarks/structure_factors/{s}/{e}keV.tsv" for s in STRUCTURES for e in ENERGIES]
-    files += expand("results/benchmarks/water_background/{dataset}.tsv", dataset=DATASETS)
+    """The benchmark file of every job that declares one (their rules' outputs, so the summary waits for all)."""
+    B = "results/benchmarks"
+    files = [f"{B}/structure_factors/{s}/{e}keV.tsv" for s in matrix_sf_structures() for e in ENERGIES]
+    files += expand(f"{B}/water_background/{{dataset}}.tsv", dataset=DATASETS)
     for stage in ("simulate", "overlay", "dials"):
         files += expand(
-            f"results/benchmarks/{stage}/{{structure}}/{{dataset}}/shard_{{shard}}.tsv",
+            f"{B}/{stage}/{{structure}}/{{dataset}}/shard_{{shard}}.tsv",
             structure=SIM_STRUCTURES,
             dataset=DATASETS,
             shard=shard_names(),
         )
+    for stage in ("train_peak_finder", "train_hit_classifier", "baseline_peak_finder"):
+        files += expand(f"{B}/{stage}/{{structure}}/{{dataset}}.tsv", structure=SIM_STRUCTURES, dataset=DATASETS)
+    files += expand(f"{B}/train_energy_distance/{{structure}}.tsv", structure=SIM_STRUCTURES)
+    for x, e in EXPERIMENTS.items():
+        if e.kind == "shifted_simulation":
+            files.append(f"{B}/simulate_shifted/{x}.tsv")
+        files.append(f"{B}/dials_experiment/{x}.tsv")
+        kinds = ("peak_finder", "hit_classifier", "energy_distance")
+        files += [f"{B}/predict/{x}/{m}.tsv" for m in experiment_models(x, kinds)]
+    for x in MATCHED:
+        stages = ["matched_structure_factors", "train_matched_peak_finder", "matched_baseline_peak_finder"]
+        stages += ["matched_outlier_pixels"] if matched_outlier_input(x) else []
+        files += [f"{B}/{stage}/{x}.tsv" for stage in stages]
+        files += [f"{B}/matched_frames/{x}/shard_{s}.tsv" for s in matched_shard_names(x)]
     return files
 
 
@@ -233,10 +261,14 @@ def benchmark_files():
 from braggflow.config import load_schema
 from braggflow.experiments import experiment_specs
 
-EXPERIMENTS = experiment_specs(
-    config, DATASETS, load_schema(os.path.join(workflow.basedir, "config/config.schema.yaml"))
+# By name (a mapping's order in the config file makes no output).
+EXPERIMENTS = dict(
+    sorted(
+        experiment_specs(
+            config, DATASETS, load_schema(os.path.join(workflow.basedir, "config/config.schema.yaml"))
+        ).items()
+    )
 )
-EVALUATION = config["evaluation"]
 NEVER = "(?!x)x"  # a wildcard pattern that matches nothing (an empty set of experiments)
 
 
@@ -290,17 +322,15 @@ def experiment_gain(experiment):
 
 
 def experiment_dials_phil(experiment):
-    from braggflow.dials import DialsSettings, stills_phil
+    from braggflow.dials import stills_phil
+    from braggflow.experiments import experiment_dials_settings
 
     e = EXPERIMENTS[experiment]
     spacegroup, cell = structure_symmetry(e.structure)
-    spacegroup = e.dials["space_group"] or spacegroup
-    cell = e.dials["unit_cell"] or cell
-    dials_cfg = dict(config["dials"])
-    dials_cfg["indexing_method"] = e.dials["indexing_method"] or dials_cfg["indexing_method"]
-    dials_cfg["cell_sigma_angstrom"] = e.dials["cell_sigma_angstrom"] or dials_cfg["cell_sigma_angstrom"]
-    dials_cfg["extra_phil"] = list(dials_cfg["extra_phil"]) + list(e.dials["extra_phil"])
-    return stills_phil(spacegroup, cell, experiment_gain(experiment), DialsSettings.from_config(dials_cfg))
+    settings = experiment_dials_settings(config["dials"], e)
+    return stills_phil(
+        e.dials["space_group"] or spacegroup, e.dials["unit_cell"] or cell, experiment_gain(experiment), settings
+    )
 
 
 def experiment_models(experiment, kinds=("peak_finder", "hit_classifier")):
@@ -408,15 +438,14 @@ def matched_outlier_input(experiment):
 
 
 def matched_jet_thickness_m(experiment):
-    um = EXPERIMENTS[experiment].matched["jet_thickness_um"]
-    return (um if um is not None else config["water"]["jet_thickness_um"]) * 1e-6
+    from braggflow.experiments import matched_jet_thickness_m
+
+    return matched_jet_thickness_m(config, EXPERIMENTS[experiment].matched)
 
 
 def matched_training(experiment):
     """training with the experiment's peak_finder overrides."""
-    t = copy.deepcopy(config["training"])
-    t["peak_finder"].update(EXPERIMENTS[experiment].matched["peak_finder"])
-    return t
+    return TrainingSettings.with_peak_finder(config["training"], EXPERIMENTS[experiment].matched["peak_finder"])
 
 
 def baseline_of(experiment, dataset):

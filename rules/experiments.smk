@@ -12,7 +12,7 @@ rule shifted_water_background:
         png="results/experiments/{experiment}/water.png",
     params:
         geometry=lambda wc: shifted_geometry_of(wc.experiment).as_dict(),
-        beam=config["beam"],
+        beam=BEAM,
         jet_thickness_m=lambda wc: EXPERIMENTS[wc.experiment].shift["jet_thickness_um"] * 1e-6,
         name=lambda wc: wc.experiment,
     log:
@@ -32,8 +32,8 @@ rule simulate_shifted:
         "results/experiments/{experiment}/bragg.h5",
     params:
         geometry=lambda wc: shifted_geometry_of(wc.experiment).as_dict(),
-        beam=config["beam"],
-        simulation=lambda wc: shifted_section(wc.experiment, "simulation"),
+        beam=BEAM,
+        simulation=lambda wc: SimulationSettings.params(shifted_section(wc.experiment, "simulation")),
         seed=config["seed"],
         dataset_index=lambda wc: EXPERIMENTS[wc.experiment].seed_index,
         frames=lambda wc: (0, EXPERIMENTS[wc.experiment].frames),
@@ -60,7 +60,7 @@ rule overlay_shifted:
     output:
         "results/experiments/{experiment}/{experiment}.h5",
     params:
-        overlay=lambda wc: shifted_section(wc.experiment, "overlay"),
+        overlay=lambda wc: overlay_params(shifted_section(wc.experiment, "overlay")),
         seed=config["seed"],
         dataset_index=lambda wc: EXPERIMENTS[wc.experiment].seed_index,
         nominal_fluence_per_m2=nominal_fluence_per_m2(),
@@ -82,7 +82,6 @@ rule import_frames_dxtbx:
     params:
         gain=lambda wc: experiment_gain(wc.experiment),
         border=lambda wc: EXPERIMENTS[wc.experiment].untrusted_border_px,
-        script=f"{workflow.basedir}/workflow/scripts/dxtbx_import.py",
     log:
         "logs/experiments/{experiment}/import.log",
     wildcard_constraints:
@@ -92,7 +91,7 @@ rule import_frames_dxtbx:
     container:
         config["dials"]["container"]
     shell:
-        "libtbx.python {params.script} --untrusted-border-px={params.border} {output} {params.gain} {input} > {log} 2>&1"
+        "libtbx.python $BRAGGFLOW_WORKFLOW/workflow/scripts/dxtbx_import.py --untrusted-border-px={params.border} {output} {params.gain} {input} > {log} 2>&1"
 
 
 rule import_frames_hdf5:
@@ -124,8 +123,6 @@ rule dials_experiment:
         export="results/experiments/{experiment}/dials/export.npz",
     params:
         phil=lambda wc: experiment_dials_phil(wc.experiment),
-        shim=f"{workflow.basedir}/workflow/dials/xfel_mono_sim_ext.py",
-        export_script=f"{workflow.basedir}/workflow/scripts/dials_export.py",
     threads: config["dials"]["nproc"]
     log:
         "logs/experiments/{experiment}/dials.log",
@@ -146,7 +143,7 @@ rule predict:
     output:
         "results/predictions/{experiment}/{model}/{experiment}_probability_pred.h5",
     params:
-        training=config["training"],
+        training=TRAINING.params(*TrainingSettings.PREDICT),
     threads: config["training"]["threads"]
     resources:
         gpu=training_gpus(),
@@ -174,7 +171,7 @@ rule evaluate_predictions:
         frames="results/evaluation/{experiment}/peak_finder-{dataset}/frames.tsv",
         offsets="results/evaluation/{experiment}/peak_finder-{dataset}/offsets.tsv",
     params:
-        evaluation=EVALUATION,
+        evaluation=EVALUATION.params("match_radius_px", "min_i_over_sigma"),
     log:
         "logs/evaluation/{experiment}/peak_finder-{dataset}.log",
     wildcard_constraints:
@@ -196,7 +193,7 @@ rule evaluation_offsets_plot:
             labels={"experiment": "{experiment}", "figure": "offsets by resolution"},
         ),
     params:
-        evaluation=EVALUATION,
+        evaluation=EVALUATION.params("resolution_bins"),
     log:
         "logs/evaluation/{experiment}/offsets_plot.log",
     conda:
@@ -234,7 +231,7 @@ rule evaluation_summary:
             labels={"figure": "hit and energy / camera-length predictions"},
         ),
     params:
-        evaluation=EVALUATION,
+        evaluation=EVALUATION.params("resolution_bins"),
         experiments=list(EXPERIMENTS),
         hit_models={x: experiment_models(x, ("hit_classifier",)) for x in EXPERIMENTS},
         energy_distance={x: EXPERIMENTS[x].energy_distance for x in EXPERIMENTS},

@@ -57,9 +57,9 @@ rule matched_frames:
     output:
         "results/matched/{experiment}/shard_{shard}.h5",
     params:
-        beam=lambda wc: matched_section_of(wc.experiment, "beam"),
-        simulation=lambda wc: matched_section_of(wc.experiment, "simulation"),
-        overlay=lambda wc: matched_section_of(wc.experiment, "overlay"),
+        beam=lambda wc: Beam.params(matched_section_of(wc.experiment, "beam")),
+        simulation=lambda wc: SimulationSettings.params(matched_section_of(wc.experiment, "simulation")),
+        overlay=lambda wc: overlay_params(matched_section_of(wc.experiment, "overlay")),
         jet_thickness_m=lambda wc: matched_jet_thickness_m(wc.experiment),
         seed=config["seed"],
         dataset_index=lambda wc: EXPERIMENTS[wc.experiment].matched_seed_index,
@@ -88,9 +88,9 @@ rule train_matched_peak_finder:
         history="results/matched/{experiment}/peak_finder_history.tsv",
         spots="results/matched/{experiment}/peak_finder_test_spots.json",
     params:
-        training=lambda wc: matched_training(wc.experiment),
+        training=lambda wc: matched_training(wc.experiment).params(*TrainingSettings.PEAK_FINDER),
         seed=config["seed"],
-    threads: TRAINING["threads"]
+    threads: config["training"]["threads"]
     resources:
         gpu=training_gpus(),
     log:
@@ -111,7 +111,7 @@ rule matched_baseline_peak_finder:
     output:
         "results/matched/{experiment}/baseline_peaks.json",
     params:
-        training=lambda wc: matched_training(wc.experiment),
+        training=lambda wc: matched_training(wc.experiment).params(*TrainingSettings.BASELINE),
         seed=config["seed"],
     log:
         "logs/matched/{experiment}/baseline_peaks.log",

@@ -8,7 +8,7 @@ rule overlay:
     output:
         "results/overlays/{structure}/{dataset}/shard_{shard}.h5",
     params:
-        overlay=config["overlay"],
+        overlay=overlay_params(config["overlay"]),
         seed=config["seed"],
         dataset_index=lambda wc: DATASETS[wc.dataset].index,
         nominal_fluence_per_m2=nominal_fluence_per_m2(),

@@ -9,9 +9,6 @@ rule dials_stills_process:
     params:
         phil=lambda wc: dials_phil(wc.structure),
         n_frames=lambda wc: len(range(*shard_frames(wc.shard))),
-        # Stable paths (source_path() gives a new cache path per run, which would rerun every job).
-        shim=f"{workflow.basedir}/workflow/dials/xfel_mono_sim_ext.py",
-        export_script=f"{workflow.basedir}/workflow/scripts/dials_export.py",
     threads: config["dials"]["nproc"]
     log:
         "logs/dials/{structure}/{dataset}/shard_{shard}.log",

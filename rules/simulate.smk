@@ -8,8 +8,8 @@ rule simulate:
         "results/simulated/{structure}/{dataset}/shard_{shard}.h5",
     params:
         geometry=lambda wc: geometry_of(wc.dataset).as_dict(),
-        beam=config["beam"],
-        simulation=config["simulation"],
+        beam=BEAM,
+        simulation=SIMULATION,
         seed=config["seed"],
         dataset_index=lambda wc: DATASETS[wc.dataset].index,
         frames=lambda wc: shard_frames(wc.shard),

@@ -1,7 +1,6 @@
 # CNN training per energy x camera length (peak finder, hit classifier), one energy / camera-length model across
 # the matrix, the conventional baselines on the same split, and the tables and figures that compare them.
 # GPU rules (train_peak_finder, train_hit_classifier, train_energy_distance) ask for gpu=1 where torch has CUDA.
-TRAINING = config["training"]
 
 
 rule train_peak_finder:
@@ -13,9 +12,9 @@ rule train_peak_finder:
         history="results/models/{structure}/{dataset}/peak_finder_history.tsv",
         spots="results/models/{structure}/{dataset}/peak_finder_test_spots.json",
     params:
-        training=TRAINING,
+        training=TRAINING.params(*TrainingSettings.PEAK_FINDER),
         seed=config["seed"],
-    threads: TRAINING["threads"]
+    threads: config["training"]["threads"]
     resources:
         gpu=training_gpus(),
     log:
@@ -36,9 +35,9 @@ rule train_hit_classifier:
         card="results/models/{structure}/{dataset}/hit_classifier.json",
         history="results/models/{structure}/{dataset}/hit_classifier_history.tsv",
     params:
-        training=TRAINING,
+        training=TRAINING.params(*TrainingSettings.HIT_CLASSIFIER),
         seed=config["seed"],
-    threads: TRAINING["threads"]
+    threads: config["training"]["threads"]
     resources:
         gpu=training_gpus(),
     log:
@@ -57,7 +56,7 @@ rule baseline_peak_finder:
     output:
         "results/models/{structure}/{dataset}/baseline_peaks.json",
     params:
-        training=TRAINING,
+        training=TRAINING.params(*TrainingSettings.BASELINE),
         seed=config["seed"],
     log:
         "logs/training/{structure}/{dataset}/baseline_peaks.log",
@@ -75,7 +74,7 @@ rule energy_distance_profiles:
     output:
         "results/features/{structure}/energy_distance_profiles.h5",
     params:
-        training=TRAINING,
+        training=TRAINING.params(*TrainingSettings.PROFILES),
         seed=config["seed"],
         energies_kev=sorted(ENERGIES.values()),
         camera_lengths_m=sorted({d.camera_length_m for d in DATASETS.values()}),
@@ -95,9 +94,9 @@ rule train_energy_distance:
         card="results/models/{structure}/energy_distance.json",
         history="results/models/{structure}/energy_distance_history.tsv",
     params:
-        training=TRAINING,
+        training=TRAINING.params(*TrainingSettings.ENERGY_DISTANCE),
         seed=config["seed"],
-    threads: TRAINING["threads"]
+    threads: config["training"]["threads"]
     resources:
         gpu=training_gpus(),
     log:
@@ -171,7 +170,7 @@ rule peak_examples:
             labels={"structure": "{structure}", "dataset": "{dataset}"},
         ),
     params:
-        training=TRAINING,
+        training=TRAINING.params(*TrainingSettings.EXAMPLES),
         seed=config["seed"],
     log:
         "logs/training/{structure}/{dataset}/examples.log",

@@ -39,6 +39,19 @@ def system_python_with(module: str) -> str | None:
     return exe if ok else None
 
 
+def crystfel_program(name: str) -> tuple[str, dict[str, str]]:
+    """A CrystFEL program and its environment, or a skip: CrystFEL is not in Debian (build it from source,
+    https://gitlab.desy.de/thomas.white/crystfel, with libccp4 for MTZ files)."""
+    exe = shutil.which(name)
+    if exe is None:
+        pytest.skip(f"CrystFEL's {name} is not on PATH (CrystFEL is not packaged in Debian; build it from source)")
+    env = dict(os.environ)
+    # libccp4 reads its space-group table from $CLIBD/syminfo.lib and knows no default location.
+    if "CLIBD" not in env and Path("/usr/share/ccp4/syminfo.lib").is_file():
+        env["CLIBD"] = "/usr/share/ccp4"
+    return exe, env
+
+
 SMALL_DETECTOR = {"pyfai_name": "Eiger1M", "beam_center_px": [500.3, 540.7], "sensor_material": "Si",
                   "sensor_thickness_mm": 0.45}
 

@@ -1,5 +1,6 @@
 """DIALS stills processing: PHIL, setting/misorientation arithmetic, the rules on the tiny run, crashes vs no-index."""
 
+import os
 import shutil
 
 import gemmi
@@ -11,8 +12,9 @@ from braggflow.dials import DialsSettings, _point_group_hkl_ops, dataset_scores,
 from braggflow.shards import b_matrix
 from braggflow.draws import random_rotation
 from conftest import TINY, run_snakemake
+from test_dxtbx_import import CBFS, EXPORT, needs_dxtbx, run_program
 
-SETTINGS = DialsSettings("real_space_grid_search", 2, 10, 0.01, 0.05)
+SETTINGS = DialsSettings("real_space_grid_search", 2, 10, 0.01, 0.05, ())
 CELL = (67.288, 67.288, 106.582, 90.0, 90.0, 90.0)
 
 
@@ -105,3 +107,66 @@ def test_empty_reflection_table_round_trip(tmp_path):
                            "misorientation_deg": [np.nan] * 2, "cell_error_rel": [np.nan] * 2})
     s = dataset_scores(frames, back, "x", "6keV_350mm")
     assert s["blank_frames_indexed"] == 0 and np.isnan(s["rmsd_cal_true_px"]) and s["bar_met"] is None
+
+
+@pytest.mark.slow
+@needs_dxtbx
+@pytest.mark.parametrize("args, named", [
+    (["{dials}", "three", "{out}"], "argument n_frames: must be an integer >= 0, got 'three'"),
+    (["{dials}", "-1", "{out}"], "argument n_frames: must be an integer >= 0, got '-1'"),
+    (["{tmp}/absent", "2", "{out}"], "argument out_dir: {tmp}/absent: no such directory"),
+    (["{dials}", "2", "{out}", "{tmp}/absent.txt"], "argument list_path: {tmp}/absent.txt: no such file"),
+    (["{dials}", "2", "{tmp}/out"], "argument out_path: {tmp}/out is a directory"),
+    (["{dials}", "2", "{out}", "{tmp}/empty.txt"], "dials_export.py: {tmp}/empty.txt lists no input files"),
+    (["{dials}", "2", "{out}", "{tmp}/inputs.txt"],
+     "dials_export.py: {tmp}/notes.txt (from {tmp}/inputs.txt): dxtbx recognises no image format in it"),
+])
+def test_bad_arguments_to_the_export_fail_naming_the_argument_or_file(tmp_path, args, named):
+    (tmp_path / "dials").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    (tmp_path / "inputs.txt").write_text(f"{CBFS[0]}\n{tmp_path / 'notes.txt'}\n")
+    fill = {"dials": tmp_path / "dials", "out": tmp_path / "out/export.npz", "tmp": tmp_path}
+    res = run_program(EXPORT, *(a.format(**fill) for a in args))
+    assert res.returncode in (1, 2) and named.format(**fill) in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.slow
+@needs_dxtbx
+def test_the_export_writes_through_a_temporary_file_it_removes_on_failure_and_sigterm(tmp_path):
+    dials_dir, out = tmp_path / "dials", tmp_path / "out/export.npz"
+    dials_dir.mkdir()  # stills_process found nothing to write: every frame unindexed, no geometry (P = 0)
+    # np.savez failing half-way: neither the .npz nor its temporary file stays.
+    fail = ("def savez(f, **arrays):\n"
+            "    f.write(b'PK partial')\n"
+            "    print('writing:', *sorted(os.listdir(os.path.dirname(sys.argv[4]))))\n"
+            "    raise OSError('disk full')\n"
+            "program.np.savez = savez\n")
+    res = run_program(EXPORT, dials_dir, 3, out, patch=fail)
+    assert res.returncode == 1 and "OSError: disk full" in res.stderr, res.stderr
+    written = res.stdout.split("writing:", 1)[1].split()
+    assert len(written) == 1 and written[0].startswith(".export.npz.") and written[0].endswith(".tmp")
+    assert list(out.parent.iterdir()) == []
+    # SIGTERM (Snakemake or SLURM cancelling the job) while writing: exit status 128 + 15, nothing left.
+    term = ("def savez(f, **arrays):\n"
+            "    f.write(b'PK partial')\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(60)\n"
+            "program.np.savez = savez\n")
+    res = run_program(EXPORT, dials_dir, 3, out, patch=term)
+    assert res.returncode == 143 and "terminated by signal 15" in res.stderr, res.stderr
+    assert list(out.parent.iterdir()) == []
+    # The same run unpatched: the .npz itself (named as given, no ".npz" added to the temporary name).
+    res = run_program(EXPORT, dials_dir, 3, out)
+    assert res.returncode == 0, res.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["export.npz"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+    ex = np.load(out)
+    assert ex["n_strong"].tolist() == [0, 0, 0] and ex["indexed"].tolist() == [False] * 3
+    assert ex["panel_origin_mm"].shape == (3, 0, 3) and ex["refl_panel"].dtype == np.int64
+    assert len(ex["refl_h"]) == len(ex["strong_x"]) == 0 and np.isnan(ex["a_matrix"]).all()

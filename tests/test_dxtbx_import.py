@@ -61,6 +61,19 @@ def dxtbx_import(out, adu_per_photon, *inputs, check=True):
     return res
 
 
+def run_program(script, *args, patch=""):
+    """The program's ``run([...])`` in DIALS' Python, the program loaded as a module named ``program`` (not
+    __main__: loading it must do nothing), after the code ``patch`` (which may replace one of its steps)."""
+    code = ("import importlib.util, os, signal, sys, time\n"
+            "spec = importlib.util.spec_from_file_location('program', sys.argv[1])\n"
+            "program = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(program)\n"
+            f"{patch}\n"
+            "program.run(sys.argv[2:])\n")
+    return subprocess.run([LIBTBX, "-c", code, str(script), *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
 def ray_hits_panel(direction, origin, fast, slow, pixel_size):
     """Where rays from the sample along ``direction`` hit the panel plane origin + x px_f fast + y px_s slow:
     DIALS pixel coordinates (x fast, y slow). Arguments are single vectors or stacks of them (n, 3) / (n, 2)."""
@@ -221,7 +234,7 @@ def test_an_unreadable_input_fails_naming_the_file_and_leaves_no_output(tmp_path
     out = tmp_path / "out.h5"
     res = dxtbx_import(out, GAIN, CBFS[0], bad, check=False)
     assert res.returncode != 0 and str(bad) in res.stderr
-    assert list(tmp_path.glob("out.h5*")) == []
+    assert [p.name for p in tmp_path.iterdir() if p != bad] == []  # neither out.h5 nor .out.h5.*.tmp
 
 
 @pytest.mark.slow
@@ -270,3 +283,73 @@ def test_stills_process_on_cspad_exports_geometry_that_repredicts_dials_position
         assert np.max(exact) < 1e-6, (f, np.max(exact))  # DIALS' own model: to rounding
         approx = np.hypot(*(predict_stills(*args, **parallax, model="rescale") - cal).T)
         assert np.median(approx) < 0.5, (f, np.median(approx))
+
+
+@pytest.mark.slow
+@needs_dxtbx
+@pytest.mark.parametrize("args, named", [
+    (["--untrusted-border-px=wide", "{out}", GAIN, "{cbf}"],
+     "argument --untrusted-border-px: must be an integer >= 0, got 'wide'"),
+    (["{out}", "lots", "{cbf}"], "argument adu_per_photon: must be a number, got 'lots'"),
+    (["{out}", "0", "{cbf}"], "argument adu_per_photon: must be > 0, got '0'"),
+    (["{out}", GAIN], "the following arguments are required: input_file"),
+    (["{tmp}", GAIN, "{cbf}"], "argument out_path: {tmp} is a directory"),
+    (["{out}", GAIN, "{cbf}", "{tmp}/absent.cbf"], "dxtbx_import.py: {tmp}/absent.cbf: no such file"),
+])
+def test_bad_arguments_to_run_fail_naming_the_argument_or_file(tmp_path, args, named):
+    fill = {"out": tmp_path / "out.h5", "cbf": CBFS[0], "tmp": tmp_path}
+    res = run_program(IMPORT, *(str(a).format(**fill) for a in args))
+    assert res.returncode in (1, 2) and named.format(**fill) in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@needs_dxtbx
+def test_run_writes_through_a_temporary_file_it_removes_on_failure_and_sigterm(cspad_h5, tmp_path):
+    out = tmp_path / "out.h5"
+    # A step failing half-way (the second file's frame): the message names the file, no output, no temporary.
+    fail = ("real = program.photons\n"
+            "def photons(imageset, i, *args):\n"
+            "    if 'frames_done' in globals():\n"
+            "        raise OSError('device lost')\n"
+            "    globals()['frames_done'] = 1\n"
+            "    return real(imageset, i, *args)\n"
+            "program.photons = photons\n")
+    res = run_program(IMPORT, out, GAIN, CBFS[0], CBFS[1], patch=fail)
+    assert res.returncode == 1, res.stderr
+    assert f"dxtbx_import.py: {CBFS[1]}: frame 0: OSError: device lost" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+    # SIGTERM (Snakemake or SLURM cancelling the job) while writing: exit status 128 + 15, the temporary removed.
+    term = ("def photons(*args):\n"
+            "    print('writing:', *sorted(os.listdir(os.path.dirname(sys.argv[2]))))\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(60)\n"
+            "program.photons = photons\n")
+    res = run_program(IMPORT, out, GAIN, CBFS[0], patch=term)
+    assert res.returncode == 143 and "terminated by signal 15" in res.stderr, res.stdout + res.stderr
+    written = res.stdout.split("writing:", 1)[1].split()
+    assert len(written) == 1 and written[0].startswith(".out.h5.") and written[0].endswith(".tmp")
+    assert list(tmp_path.iterdir()) == []
+    # And a run that succeeds: the same photons as from the command line, with the umask's permissions.
+    res = run_program(IMPORT, "--untrusted-border-px=0", out, GAIN, CBFS[0])
+    assert res.returncode == 0, res.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5"]
+    with h5py.File(out) as f, h5py.File(cspad_h5) as g:
+        np.testing.assert_array_equal(f["data"][0], g["data"][0])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.slow
+@needs_dxtbx
+@pytest.mark.parametrize("script", [IMPORT, EXPORT], ids=["dxtbx_import", "dials_export"])
+def test_loading_a_program_as_a_module_runs_nothing(script, tmp_path):
+    stop = "print('loaded:', callable(program.run), sorted(os.listdir('.'))); sys.exit(0)"
+    res = subprocess.run([LIBTBX, "-c", "import importlib.util, os, sys\n"
+                          "spec = importlib.util.spec_from_file_location('program', sys.argv[1])\n"
+                          "program = importlib.util.module_from_spec(spec)\n"
+                          f"spec.loader.exec_module(program)\n{stop}\n", str(script)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout == "loaded: True []\n" and res.stderr == "", res.stdout + res.stderr

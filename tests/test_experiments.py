@@ -84,7 +84,9 @@ def geom_file(path, shape=(60, 80), adu=3.0):
     from braggflow.geometry import Geometry
 
     g = Geometry("test", shape[1], shape[0], 110e-6, 0.13, (30.5, 20.25), 9.7, "Si", 0.1)
-    path.write_text(crystfel_geometry_text(g, adu_per_photon=adu))
+    # A CXI file without NXmx beam metadata: the nominal energy, not a per-frame location.
+    path.write_text(crystfel_geometry_text(g, adu_per_photon=adu, bandwidth_rel_sigma=1e-3,
+                                           per_frame_wavelength=False))
     return g
 
 

@@ -20,7 +20,8 @@ from braggflow.matrix import Dataset
 from braggflow.overlay import OverlaySettings
 from braggflow.panels import Panels, read_frames_info, write_frames_file
 from braggflow.shards import SimulationSettings, flat_detector
-from braggflow.simulator import FlatDetector, StructureFactorTable, simulate_still, truth_reflections
+from braggflow.simulator import (Crystal, FlatDetector, Numerics, Pulse, Still, StructureFactorTable, simulate_still,
+                                 truth_reflections)
 from braggflow.structures import read_structure
 
 TABLE = RESOURCES / "water/water_scattering_25C.csv"
@@ -59,14 +60,14 @@ def test_two_panels_simulate_exactly_the_single_panel_they_were_cut_from(tilt_de
     assert [d.n_slow for d in dets] == [15, 25]
     a = np.diag([1 / 20.0, 1 / 24.0, 1 / 28.0]) @ rot_x(20.0)
     sf = StructureFactorTable(np.full((1, 1, 1), 0.0), (0, 0, 0), default_F=100.0)
-    kw = dict(A_matrix=a, structure_factors=sf, wavelengths_A=[1.0, 1.002], ncells=(8, 8, 8), shape="round",
-              oversample=2, kahn_factor=0.5)
-    whole = simulate_still(detector=det, exhaustive=True, **kw)
-    parts = [simulate_still(detector=d, exhaustive=True, **kw) for d in dets]
+    still = Still(Crystal(a, ncells=(8, 8, 8), shape="round"), Pulse([1.0, 1.002], kahn_factor=0.5),
+                  Numerics(oversample=2))
+    whole = simulate_still(still, det, sf, exhaustive=True)
+    parts = [simulate_still(still, d, sf, exhaustive=True) for d in dets]
     assert whole.max() > 0
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-9, atol=1e-12 * whole.max())
-    truth = truth_reflections(detector=det, image=whole, min_photons=1e-12, **kw)
-    per = [truth_reflections(detector=d, image=p, min_photons=1e-12, **kw) for d, p in zip(dets, parts)]
+    truth = truth_reflections(still, det, sf, image=whole, min_photons=1e-12)
+    per = [truth_reflections(still, d, sf, image=p, min_photons=1e-12) for d, p in zip(dets, parts)]
     ys = np.concatenate([per[0].y_px, per[1].y_px + 15])
     xs = np.concatenate([per[0].x_px, per[1].x_px])
     assert len(ys) == len(truth) > 0

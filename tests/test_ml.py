@@ -3,9 +3,12 @@
 Synthetic overlay shards (the layout of braggflow.overlay, 96 x 96 pixels) keep every test in seconds.
 """
 
+import dataclasses
 import hashlib
 import json
+import typing
 import uuid
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -14,13 +17,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from braggflow.config import section_defaults  # noqa: E402
 from braggflow.errors import InputError  # noqa: E402
 from braggflow.ml import data as D  # noqa: E402
 from braggflow.ml.baselines import DispersionSettings, find_spots, tune_hit_threshold  # noqa: E402
 from braggflow.ml.cards import CARD_FIELDS  # noqa: E402
 from braggflow.ml.metrics import (PeakCounts, confusion_matrix, frame_peak_counts, match_peaks,  # noqa: E402
                                   peak_scores)
-from braggflow.ml.settings import training_config  # noqa: E402
+from braggflow.settings import TrainingRun, TrainingSettings  # noqa: E402
 
 torch.set_num_threads(1)
 SHAPE = (96, 96)
@@ -93,13 +97,18 @@ def shards(tmp_path_factory):
     return out
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "config/config.schema.yaml"
+RUN = TrainingRun(device="cpu", threads=1)
+
+
 def tiny_cfg(**over):
-    return training_config({"threads": 1, "device": "cpu",
-                            "peak_finder": {"base_channels": 4, "tile_px": 32, "tiles_per_frame": 8,
-                                            "batch_size": 8, "epochs": 3, "patience": 2},
-                            "hit_classifier": {"bin_px": 4, "channels": 4, "epochs": 30, "patience": 30},
-                            "energy_distance": {"radial_bins": 32, "sectors": 2, "channels": 8, "epochs": 150,
-                                                "patience": 150}, **over})
+    """The schema's training defaults, shrunk to seconds."""
+    return TrainingSettings.from_config(section_defaults(
+        SCHEMA, "training", **{"peak_finder": {"base_channels": 4, "tile_px": 32, "tiles_per_frame": 8,
+                                               "batch_size": 8, "epochs": 3, "patience": 2},
+                               "hit_classifier": {"bin_px": 4, "channels": 4, "epochs": 30, "patience": 30},
+                               "energy_distance": {"radial_bins": 32, "sectors": 2, "channels": 8, "epochs": 150,
+                                                   "patience": 150}, **over}))
 
 
 # ---------------------------------------------------------------- metrics
@@ -175,7 +184,7 @@ def test_a_photon_cut_excuses_weak_visible_reflections_for_every_finder(shards):
     from braggflow.ml.train import baseline_peak_finding
 
     cfg = tiny_cfg()
-    cfg["peak_finder"]["score_min_photons"] = 1e6
+    cfg = dataclasses.replace(cfg, peak_finder=dataclasses.replace(cfg.peak_finder, score_min_photons=1e6))
     refs = D.index_shards(shards["7keV_100mm"])
     out = baseline_peak_finding({"train": refs[:6], "validation": refs[6:9], "test": refs[9:]}, cfg)
     assert out["test"]["tp"] == out["test"]["fn"] == 0  # nothing bright enough to score: all excused
@@ -389,7 +398,7 @@ def test_energy_distance_model_and_baseline_on_toy_profiles(shards, tmp_path):
     cfg = tiny_cfg()
     write_profiles(tmp_path / "p.h5", paths, energies_kev=[7.0, 8.0], distances_m=[0.1, 0.2], cfg=cfg, seed=5)
     m = run_energy_distance(tmp_path / "p.h5", weights=tmp_path / "ed.pt", card=tmp_path / "ed.json",
-                            history=tmp_path / "ed.tsv", cfg=cfg, seed=5)
+                            history=tmp_path / "ed.tsv", cfg=cfg, run=RUN, seed=5)
     assert m["distance_accuracy"] == 1.0 and m["energy_accuracy"] == 1.0 and m["n_test_frames"] == 8
     b = run_baseline_energy_distance(tmp_path / "p.h5", out=tmp_path / "b.json", seed=5)
     assert b["distance_accuracy"] == 1.0 and b["energy_accuracy"] == 1.0
@@ -403,7 +412,7 @@ def test_model_card_fields(shards, tmp_path):
     cfg = tiny_cfg()
     paths = shards["8keV_200mm"]
     run_hit_classifier(paths, weights=tmp_path / "h.pt", card=tmp_path / "h.json", history=tmp_path / "h.tsv",
-                       cfg=cfg, seed=6)
+                       cfg=cfg, run=RUN, seed=6)
     card = json.loads((tmp_path / "h.json").read_text())
     assert set(CARD_FIELDS) <= set(card)
     assert uuid.UUID(card["model_id"]).version == 4
@@ -415,21 +424,36 @@ def test_model_card_fields(shards, tmp_path):
     assert sum(len(v) for v in card["split"].values()) == 12
 
 
-def test_training_defaults_match_the_schema(root):
+def test_training_settings_are_the_schema_keys_and_take_no_defaults_of_their_own(root):
     import yaml
-
-    from braggflow.ml.settings import DEFAULTS
 
     schema = yaml.safe_load((root / "config/config.schema.yaml").read_text())["properties"]["training"]
 
-    def defaults(node):
-        return {k: defaults(v) if v.get("type") == "object" else v["default"] for k, v in node["properties"].items()}
+    def keys(node):
+        return {k: keys(v) if v.get("type") == "object" else None for k, v in node["properties"].items()}
 
-    assert defaults(schema) == DEFAULTS
+    def fields(cls):
+        hints = typing.get_type_hints(cls)
+        return {f.name: fields(hints[f.name]) if isinstance(hints[f.name], type)
+                and dataclasses.is_dataclass(hints[f.name]) else None for f in dataclasses.fields(cls)}
+
+    run = {f.name: None for f in dataclasses.fields(TrainingRun)}
+    assert keys(schema) == {**fields(TrainingSettings), **run}
+    assert not any(f.default is not dataclasses.MISSING for f in dataclasses.fields(TrainingSettings))
     # The default config may train at demo scale (fewer epochs); it names every key the schema has.
     cfg = yaml.safe_load((root / "config/config.yaml").read_text())["training"]
 
-    def keys(d):
-        return {k: keys(v) if isinstance(v, dict) else None for k, v in d.items()}
+    def config_keys(d):
+        return {k: config_keys(v) if isinstance(v, dict) else None for k, v in d.items()}
 
-    assert keys(cfg) == keys(DEFAULTS)
+    assert config_keys(cfg) == keys(schema)
+
+
+def test_the_evaluator_reads_predictions_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, braggflow.evaluate, braggflow.ml.baselines, braggflow.ml.metrics, braggflow.ml.predict; "
+            "from braggflow.ml.baselines import spots_from_probability; print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "False", res.stderr[-2000:]

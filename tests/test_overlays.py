@@ -17,12 +17,13 @@ from braggflow.water import water_image, write_background
 from conftest import RESOURCES, small_geometry
 
 BEAM = Beam(1e12, (1e-6, 1e-6), 0.99, 0.0)
-SIM = {"oversample": 1, "crystal_shape": "square", "backend": "numpy", "rel_tol": 2e-4, "min_stored_photons": 1e-4,
+SIM = {"oversample": 1, "crystal_shape": "square", "rel_tol": 2e-4, "min_stored_photons": 1e-4, "psf_fwhm_um": 0.0,
        "ncells": {"dist": "uniform", "low": 20, "high": 30}, "ncells_per_axis": False, "mosaic_spread_deg": 0.05,
        "mosaic_domains": 2, "mosaic_model": "nanobragg", "spectrum_shape": "gaussian", "bandwidth_frac": 0.002,
        "spectrum_samples": 2, "energy_jitter_rel_sigma": 5e-4, "fluence_rel_sigma": 0.1}
 OVERLAY = OverlaySettings(blank_fraction=0.5, jet_thickness_rel_sigma=0.15, adu_per_photon=1.0, readout_noise_adu=0.0,
-                          saturation_adu=65535, bad_pixel_fraction=1e-3, label_nsigma=2.0, label_min_photons=1.0)
+                          saturation_adu=65535, bad_pixel_fraction=1e-3, label_nsigma=2.0, label_min_photons=1.0,
+                          outlier_pixels_per_mpx=0.0, outlier_photons=(5.0, 500.0))
 SEED = 3
 
 
@@ -53,7 +54,8 @@ def test_noise_model_mean_and_variance(tmp_path):
     water = np.full((600, 600), 20.0, np.float32)
     untrusted = np.zeros(water.shape, bool)
     s = OverlaySettings(0.0, 0.0, adu_per_photon=2.0, readout_noise_adu=1.5, saturation_adu=10**6,
-                        bad_pixel_fraction=0.0, label_nsigma=2.0, label_min_photons=1.0)
+                        bad_pixel_fraction=0.0, label_nsigma=2.0, label_min_photons=1.0, outlier_pixels_per_mpx=0.0,
+                        outlier_photons=(5.0, 500.0))
     fr = overlay_frame(np.zeros_like(water), water, untrusted, hit=False, jet_factor=1.0, fluence_factor=1.0,
                        s=s, rng=rng)
     c = fr.counts.astype(float)
@@ -162,10 +164,10 @@ def test_outlier_pixels_are_isolated_unlabelled_and_follow_their_settings():
     amp = np.concatenate(amplitudes)
     assert np.mean(amp < np.sqrt(20.0 * 400.0)) == pytest.approx(0.5, abs=0.03)  # log-uniform: median sqrt(lo*hi)
     # rate 0 draws nothing: the frame is byte-identical to one made without outlier settings
-    plain = OverlaySettings(**base)
+    plain = OverlaySettings(**base, outlier_pixels_per_mpx=0.0, outlier_photons=(20.0, 400.0))
     a = overlay_frame(np.zeros_like(water), water, untrusted, False, 1.0, 1.0, plain, np.random.default_rng(5))
     b = overlay_frame(np.zeros_like(water), water, untrusted, False, 1.0, 1.0,
-                      OverlaySettings(**base, outlier_pixels_per_mpx=0.0), np.random.default_rng(5))
+                      OverlaySettings(**base, outlier_pixels_per_mpx=0.0, outlier_photons=(5.0, 500.0)), np.random.default_rng(5))
     np.testing.assert_array_equal(a.counts, b.counts)
     assert a.params["outlier_pixels"] == 0
     with pytest.raises(ValueError, match=r"'overlay.outlier_photons': value \(50.0, 5.0\) is out of range"):

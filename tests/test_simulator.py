@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,11 @@ import pytest
 from braggflow.simulator import (
     NANOBRAGG_DEFAULT_FLUENCE_PHOTONS_PER_M2,
     R_E_SQ_M2,
+    Crystal,
     FlatDetector,
+    Numerics,
+    Pulse,
+    Still,
     StructureFactorTable,
     _make_setup,
     _single_pass_block,
@@ -53,6 +58,18 @@ def nanobragg_reciprocal_mosflm() -> np.ndarray:
     """-cell 67.288 67.288 106.582 90 90 90 -misset 5 15 25: a* along x, b* in x-y, then Rz Ry Rx."""
     rot = _rot(2, 25) @ _rot(1, 15) @ _rot(0, 5)
     return rot @ np.diag([1 / CELL[0], 1 / CELL[1], 1 / CELL[2]])  # columns a*, b*, c*
+
+
+def _still(A_matrix, **kwargs) -> Still:
+    """The Still of these tests' flat keyword sets: each key goes to the part (crystal, pulse, numerics) naming it."""
+    kwargs["A_matrix"] = A_matrix
+    parts = []
+    for part in (Crystal, Pulse, Numerics):
+        names = {f.name for f in fields(part)}
+        parts.append(part(**{k: kwargs.pop(k) for k in list(kwargs) if k in names}))
+    if kwargs:
+        raise TypeError(f"no part of a Still takes {sorted(kwargs)}")
+    return Still(*parts)
 
 
 def _log_vectors(name: str, header: str) -> np.ndarray:
@@ -107,14 +124,15 @@ def _nanobragg_case(name: str):
 @pytest.mark.parametrize("name", ["case1_mono", "case2_poly_mosaic"])
 def test_reproduces_nanobragg_reference(name, sf_table, nb_A):
     det, kwargs, ref = _nanobragg_case(name)
-    img = simulate_still(nb_A, det, sf_table, **kwargs)
+    still = _still(nb_A, **kwargs)
+    img = simulate_still(still, det, sf_table)
     assert img.shape == ref.shape == (768, 1024) and img.dtype == np.float64
     rel_max = np.abs(img - ref).max() / ref.max()
     ratio = img.sum() / ref.sum()
     assert rel_max <= TOL_MAX, f"{name}: max|diff|/max = {rel_max:.3g}"
     assert abs(ratio - 1) <= TOL_TOTAL, f"{name}: total ratio = {ratio:.6f}"
     # with nanoBragg's once-per-pixel Omega and P, the all-sample average is nanoBragg's sum to rounding
-    exact = simulate_still(nb_A, det, sf_table, first_subpixel_factors=True, exhaustive=True, **kwargs)
+    exact = simulate_still(_still(nb_A, first_subpixel_factors=True, **kwargs), det, sf_table, exhaustive=True)
     assert np.abs(exact - ref).max() <= 1e-5 * ref.max()
     assert exact.sum() == pytest.approx(ref.sum(), rel=1e-5)
 
@@ -228,12 +246,13 @@ def constructed_case():
 
 def test_fast_path_matches_bruteforce_loops(constructed_case, sf_table):
     A, det, kwargs = constructed_case
-    truth = truth_reflections(A, det, sf_table, **kwargs)
+    still = _still(A, **kwargs)
+    truth = truth_reflections(still, det, sf_table)
     assert len(truth) > 5
     best = int(np.argmax(truth.photons))
     x0, y0 = int(truth.x_px[best]) - 12, int(truth.y_px[best]) - 10
     small = _window(det, max(x0, 0), max(y0, 0), 24, 20)
-    fast = simulate_still(A, small, sf_table, **kwargs)
+    fast = simulate_still(still, small, sf_table)
     ref = brute_force(A, small, sf_table, kwargs["wavelengths_A"], kwargs["weights"], kwargs["mosaic_umats"],
                       kwargs["ncells"], "square", kwargs["fluence_photons_per_m2"], kwargs["oversample"],
                       kwargs["kahn_factor"], np.asarray(kwargs["polarization_axis"]))
@@ -241,7 +260,7 @@ def test_fast_path_matches_bruteforce_loops(constructed_case, sf_table):
     assert np.abs(fast - ref).max() <= TOL_MAX * ref.max()
     assert fast.sum() == pytest.approx(ref.sum(), rel=TOL_TOTAL)
     # the exhaustive path is the same sum, so it agrees to rounding
-    exhaustive = simulate_still(A, small, sf_table, exhaustive=True, **kwargs)
+    exhaustive = simulate_still(still, small, sf_table, exhaustive=True)
     np.testing.assert_allclose(exhaustive, ref, rtol=2e-5, atol=2e-6 * ref.max())
 
 
@@ -250,10 +269,11 @@ def test_shapes_match_bruteforce_loops(shape, constructed_case, sf_table):
     A, det, kwargs = constructed_case
     kwargs = dict(kwargs, shape=shape, ncells=(9, 9, 9), mosaic_umats=kwargs["mosaic_umats"][:2],
                   wavelengths_A=[1.3, 1.305], weights=[0.6, 0.4])
-    truth = truth_reflections(A, det, sf_table, **kwargs)
+    still = _still(A, **kwargs)
+    truth = truth_reflections(still, det, sf_table)
     best = int(np.argmax(truth.photons))
     small = _window(det, max(int(truth.x_px[best]) - 8, 0), max(int(truth.y_px[best]) - 7, 0), 16, 14)
-    fast = simulate_still(A, small, sf_table, **kwargs)
+    fast = simulate_still(still, small, sf_table)
     ref = brute_force(A, small, sf_table, kwargs["wavelengths_A"], kwargs["weights"], kwargs["mosaic_umats"],
                       kwargs["ncells"], shape, kwargs["fluence_photons_per_m2"], kwargs["oversample"],
                       kwargs["kahn_factor"], np.asarray(kwargs["polarization_axis"]))
@@ -268,14 +288,13 @@ def test_screened_fast_path_matches_exhaustive(shape, constructed_case, sf_table
     and its per-pixel bound really bounds every pixel's value."""
     A, det, kwargs = constructed_case
     kwargs = dict(kwargs, shape=shape)
-    fast = simulate_still(A, det, sf_table, **kwargs)
-    full = simulate_still(A, det, sf_table, exhaustive=True, **kwargs)
+    still = _still(A, **kwargs)
+    fast = simulate_still(still, det, sf_table)
+    full = simulate_still(still, det, sf_table, exhaustive=True)
     assert full.max() > 0
     assert np.abs(fast - full).max() <= 2e-4 * full.max() * (1 + 1e-6)  # rel_tol default
     assert fast.sum() == pytest.approx(full.sum(), rel=TOL_TOTAL)
-    st = _make_setup(A, det, sf_table, kwargs["wavelengths_A"], kwargs["weights"], kwargs["mosaic_umats"],
-                     kwargs["ncells"], shape, kwargs["fluence_photons_per_m2"], kwargs["oversample"],
-                     kwargs["kahn_factor"], kwargs["polarization_axis"], 1.0, np)
+    st = _make_setup(still, det, sf_table, np)
     _, bound = _single_pass_block(st, 0, det.n_slow, True)
     assert np.all(bound >= full * (1 - 1e-5))
 
@@ -283,8 +302,9 @@ def test_screened_fast_path_matches_exhaustive(shape, constructed_case, sf_table
 def test_single_sample_path_is_exact(sf_table, nb_A):
     det = FlatDetector.from_beam_center(100.0, (60.3, 40.7), 0.075, 200, 150)
     kwargs = {"wavelengths_A": [1.2], "ncells": (10, 10, 10), "mosaic_umats": [_rot(0, 0.2)]}
-    fast = simulate_still(nb_A, det, sf_table, **kwargs)
-    full = simulate_still(nb_A, det, sf_table, exhaustive=True, **kwargs)
+    still = _still(nb_A, **kwargs)
+    fast = simulate_still(still, det, sf_table)
+    full = simulate_still(still, det, sf_table, exhaustive=True)
     np.testing.assert_allclose(fast, full, rtol=1e-6, atol=1e-9 * full.max())
 
 
@@ -326,8 +346,9 @@ def test_truth_positions_match_simulated_centroids(poly, sf_table):
         ang = math.radians(0.05)
         kwargs |= {"wavelengths_A": 1.3 * np.array([0.999, 1.0, 1.001]), "weights": [0.25, 0.5, 0.25],
                    "mosaic_umats": [np.eye(3), np.eye(3) + math.sin(ang) * k + (1 - math.cos(ang)) * k @ k]}
-    img = simulate_still(A, det, sf_table, **kwargs)
-    truth = truth_reflections(A, det, sf_table, image=img, **kwargs)
+    still = _still(A, **kwargs)
+    img = simulate_still(still, det, sf_table)
+    truth = truth_reflections(still, det, sf_table, image=img)
     errors = _isolated_centroid_errors(img, truth, det)
     assert len(errors) >= 5
     assert np.abs(errors).max() <= 0.1, errors
@@ -356,7 +377,8 @@ def test_hkl_loader(tmp_path):
 def test_default_F_applies_outside_table(nb_A):
     det = FlatDetector.from_beam_center(100.0, (40, 40), 0.1, 80, 80)
     table = StructureFactorTable(np.zeros((1, 1, 1)), (0, 0, 0), default_F=3.0)
-    img = simulate_still(nb_A, det, table, wavelengths_A=[1.0], ncells=1, fluence_photons_per_m2=1 / R_E_SQ_M2)
+    still = _still(nb_A, wavelengths_A=[1.0], ncells=1, fluence_photons_per_m2=1 / R_E_SQ_M2)
+    img = simulate_still(still, det, table)
     # N = 1: F_latt = 1, so every pixel (except hkl 000 at the beam) is 9 * Omega * P
     r = np.linalg.norm([3.95, 3.95, 100.0])  # centre of pixel (0, 0)
     assert img[0, 0] == pytest.approx(9.0 * 0.1 ** 2 / r ** 2 * 100.0 / r * 0.5 * (1 + (100.0 / r) ** 2), rel=1e-9)
@@ -379,8 +401,9 @@ def test_default_F_applies_outside_table(nb_A):
 def test_impossible_inputs_raise(kwargs, match, sf_table, nb_A):
     det = FlatDetector.from_beam_center(100.0, (20, 20), 0.1, 40, 40)
     args = {"wavelengths_A": [1.0]} | kwargs
+    call = {k: args.pop(k) for k in ("max_memory_bytes",) if k in args}
     with pytest.raises(ValueError, match=match):
-        simulate_still(nb_A, det, sf_table, **args)
+        simulate_still(_still(nb_A, **args), det, sf_table, **call)
 
 
 def test_detector_validation():
@@ -409,7 +432,7 @@ def test_full_eiger_frame_memory_is_bounded(sf_table):
     A = random_rotation(np.random.default_rng(11)) @ np.diag([1 / CELL[0], 1 / CELL[1], 1 / CELL[2]])
     tracemalloc.start()
     try:
-        img = simulate_still(A, det, sf_table, wavelengths_A=[1.77, 1.775], ncells=10)
+        img = simulate_still(_still(A, wavelengths_A=[1.77, 1.775], ncells=10), det, sf_table)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

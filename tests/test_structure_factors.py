@@ -2,15 +2,16 @@
 
 import json
 import subprocess
+from pathlib import Path
 
 import gemmi
 import numpy as np
 import pytest
 
-from braggflow.sf import (compute_sf_table, dense_amplitude_table, read_mtz, structure_factors, table_from_mtz,
-                          write_mtz)
+from braggflow.sf import (MTZ_COLUMNS, MTZ_INTENSITY_COLUMNS, compute_sf_table, dense_amplitude_table, read_mtz,
+                          structure_factors, table_from_mtz, write_mtz)
 from braggflow.structures import read_structure
-from conftest import RESOURCES, system_python_with
+from conftest import RESOURCES, crystfel_program, system_python_with
 
 NI = RESOURCES / "structures/ni_fm-3m.cif"
 PB = RESOURCES / "structures/pb_cod1531228.cif"
@@ -84,7 +85,9 @@ def test_mtz_roundtrip_and_dense_p1_table_reproduce_direct_sums(tmp_path):
     write_mtz(path, model, table, 8.0)
     mtz = gemmi.read_mtz_file(str(path))
     assert mtz.spacegroup.hm == "F m -3 m" and mtz.cell.a == pytest.approx(4.95)
-    assert [c.label for c in mtz.columns] == ["H", "K", "L", "F(+)", "PHI(+)", "F(-)", "PHI(-)"]
+    labels = [c.label for c in mtz.columns]
+    assert labels[:7] == ["H", "K", "L", "F(+)", "PHI(+)", "F(-)", "PHI(-)"]  # amplitudes first, as before
+    assert labels[7:] == ["I", "SIGI", "I(+)", "SIGI(+)", "I(-)", "SIGI(-)"]
     assert mtz.datasets[-1].wavelength == pytest.approx(12.398419843320026 / 8.0, abs=1e-4)  # MTZ headers keep 4 decimals
     back = table_from_mtz(path)
     np.testing.assert_allclose(back.f_plus, table.f_plus, rtol=1e-5, atol=1e-4)
@@ -94,6 +97,51 @@ def test_mtz_roundtrip_and_dense_p1_table_reproduce_direct_sums(tmp_path):
     pick = idx[rng.choice(len(idx), 40, replace=False)] + np.array(lo)
     fp, _ = structure_factors(model, pick, 8.0)
     np.testing.assert_allclose(dense[tuple((pick - lo).T)], np.abs(fp), rtol=1e-5)
+
+
+def test_mtz_intensities_are_squared_amplitudes_with_mtz_column_types(tmp_path, pk):
+    table = compute_sf_table(pk, 6.0, 6.0)
+    write_mtz(tmp_path / "pk.mtz", pk, table, 6.0)
+    mtz = gemmi.read_mtz_file(str(tmp_path / "pk.mtz"))
+    types = {c.label: c.type for c in mtz.columns}
+    assert [(lab, types[lab]) for lab, _ in MTZ_COLUMNS] == [("F(+)", "G"), ("PHI(+)", "P"), ("F(-)", "G"),
+                                                            ("PHI(-)", "P")]
+    assert [(lab, types[lab]) for lab, _ in MTZ_INTENSITY_COLUMNS] == [
+        ("I", "J"), ("SIGI", "Q"), ("I(+)", "K"), ("SIGI(+)", "M"), ("I(-)", "K"), ("SIGI(-)", "M")]
+    col = {c.label: np.array(c, copy=False) for c in mtz.columns}
+    ip, im = np.abs(table.f_plus) ** 2, np.abs(table.f_minus) ** 2
+    np.testing.assert_allclose(col["I(+)"], ip, rtol=1e-6)
+    np.testing.assert_allclose(col["I(-)"], im, rtol=1e-6)
+    np.testing.assert_allclose(col["I"], 0.5 * (ip + im), rtol=1e-6)
+    np.testing.assert_allclose(col["I(+)"], col["F(+)"].astype(float) ** 2, rtol=1e-5)
+    for i, sig in (("I", "SIGI"), ("I(+)", "SIGI(+)"), ("I(-)", "SIGI(-)")):  # exact, to float32 precision
+        assert np.all(col[sig] > 0) and np.all(col[sig] <= 1.2e-7 * col[i] + 1e-37)
+    assert np.any(col["I(+)"] != col["I(-)"])  # f'' at 6 keV
+    # The amplitude readers see the same file as before.
+    np.testing.assert_allclose(np.abs(read_mtz(tmp_path / "pk.mtz")[2]), np.abs(table.f_plus), rtol=1e-6)
+    # gemmi's intensity views keep every reflection (they drop sigma <= 0); Bijvoet mates of acentrics apart.
+    n_centric = int(np.sum(pk.spacegroup.operations().centric_flag_array(table.hkl)))
+    for kind, n in ((gemmi.DataType.Mean, len(table.hkl)), (gemmi.DataType.Anomalous, 2 * len(table.hkl) - n_centric)):
+        ints = gemmi.Intensities()
+        ints.import_mtz(mtz, kind)
+        assert ints.type == kind and len(ints.value_array) == n
+
+
+@pytest.mark.slow
+def test_crystfel_get_hkl_reads_the_mtz_intensities(tmp_path, pk):
+    exe, env = crystfel_program("get_hkl")
+    table = compute_sf_table(pk, 7.0, 5.0)
+    write_mtz(tmp_path / "pk.mtz", pk, table, 7.0)
+    run = subprocess.run([exe, "-i", "pk.mtz", "-o", "pk.hkl", "-y", "4/mmm"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = [line.split() for line in Path(tmp_path / "pk.hkl").read_text().splitlines()[3:]
+            if line.strip() and not line.startswith(("End", "Generated", exe, "/"))]
+    got = {tuple(int(v) for v in r[:3]): float(r[3]) for r in rows if len(r) == 7}
+    assert len(got) == len(table.hkl)
+    i_mean = 0.5 * (np.abs(table.f_plus) ** 2 + np.abs(table.f_minus) ** 2)
+    for h, i in zip(table.hkl[::50], i_mean[::50]):
+        assert got[tuple(int(v) for v in h)] == pytest.approx(i, rel=1e-5, abs=0.01)
 
 
 def test_dense_table_keeps_bijvoet_mates_apart(tmp_path, pk):

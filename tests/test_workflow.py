@@ -103,11 +103,12 @@ def test_bad_config_key_stops_the_dry_run_with_the_key_named(tmp_path):
     assert "config key 'matrix.camera_lengths_m[1]': -1.0 is less than the minimum of 0.02" in res.stdout + res.stderr
 
 
-def test_benchmark_summary_covers_every_benchmarked_rule(tiny_run):
+def test_benchmark_summary_has_figures_of_every_job(tiny_run):
     import pandas as pd
 
+    # Which rules: tests/test_rerun_contract.py (every rule with a benchmark: directive).
     summary = pd.read_csv(tiny_run / "results/benchmarks/summary.tsv", sep="\t")
-    assert set(summary.rule) == {"structure_factors", "water_background", "simulate", "overlay", "dials"}
+    assert {"structure_factors", "simulate", "train_peak_finder", "predict", "matched_frames"} <= set(summary.rule)
     assert (summary.seconds_median > 0).all()
     assert (tiny_run / "results/benchmarks/summary.png").stat().st_size > 10_000
 

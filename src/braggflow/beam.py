@@ -6,6 +6,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .settings import canonical
+
+
+BEAM_KEYS = ("photons_per_pulse", "size_um", "polarization_fraction", "polarization_angle_deg")
+
 
 @dataclass(frozen=True)
 class Beam:
@@ -39,6 +44,11 @@ class Beam:
         d = asdict(self)
         d["size_m"] = list(self.size_m)
         return d
+
+    @staticmethod
+    def params(beam_cfg: dict[str, Any]) -> dict[str, Any]:
+        """What a rule records of the ``beam`` section (every key makes bytes), in a fixed order."""
+        return {k: canonical(beam_cfg[k]) for k in BEAM_KEYS}
 
     @classmethod
     def from_config(cls, beam_cfg: dict[str, Any]) -> "Beam":

@@ -84,6 +84,18 @@ def _fill_defaults(config: Any, schema: dict[str, Any]) -> None:
             _fill_defaults(config[key], sub)
 
 
+def section_defaults(schema: dict[str, Any] | str | Path, section: str, **overrides: Any) -> dict[str, Any]:
+    """A config section as the schema fills it in when the config leaves it empty, with ``overrides`` merged in
+    one level deep (for tests and benchmarks that build settings without a config file)."""
+    if not isinstance(schema, dict):
+        schema = load_schema(schema)
+    cfg: dict[str, Any] = {}
+    for key, value in overrides.items():
+        cfg[key] = copy.deepcopy(value)
+    _fill_defaults(cfg, schema["properties"][section])
+    return cfg
+
+
 def load_schema(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
 

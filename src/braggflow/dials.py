@@ -25,13 +25,14 @@ class DialsSettings:
     min_reflections: int
     ewald_proximal_volume_max: float
     cell_sigma_angstrom: float
-    extra_phil: tuple[str, ...] = ()
+    extra_phil: tuple[str, ...]
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "DialsSettings":
+        """What stills_process is told (``nproc`` and ``container`` choose how it runs: no setting here)."""
         return cls(cfg["indexing_method"], int(cfg["min_spot_size"]), int(cfg["min_reflections"]),
                    float(cfg["ewald_proximal_volume_max"]), float(cfg["cell_sigma_angstrom"]),
-                   tuple(cfg.get("extra_phil", [])))
+                   tuple(cfg["extra_phil"]))
 
 
 def stills_phil(spacegroup_hm: str, cell: tuple[float, ...], gain_adu_per_photon: float, s: DialsSettings) -> str:

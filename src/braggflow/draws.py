@@ -209,6 +209,16 @@ def spectrum(central_wavelength_A: float, shape: str = "tophat", bandwidth_frac:
     return lam * (1.0 + frac), w / w.sum()
 
 
+def spectrum_rel_sigma(shape: str = "tophat", bandwidth_frac: float = 0.0, n_samples: int = 1) -> float:
+    """Weighted standard deviation of the sampled spectrum over its central wavelength.
+
+    The width the frames were simulated with (a 3-sample Gaussian is narrower than its nominal FWHM / 2.355),
+    and what CrystFEL's ``bandwidth`` means: the relative sigma of a Gaussian spectrum.
+    """
+    lam, w = spectrum(1.0, shape, bandwidth_frac, n_samples)
+    return float(np.sqrt(w @ (lam - w @ lam) ** 2))
+
+
 def _draw_ncells(rng: np.random.Generator, spec: Mapping[str, Any], per_axis: bool) -> tuple[int, int, int]:
     z = rng.standard_normal(3)  # always 3 variates, whatever the distribution
     if spec["dist"] == "fixed":

@@ -146,7 +146,7 @@ def score_frame(found: Found, ref: Reference, radius_px: float, info: FramesInfo
 # ---------------------------------------------------------------- finders and references
 
 def cnn_found(prob: np.ndarray, photons: np.ndarray, threshold: float, min_spot_px: int) -> Found:
-    from .ml.train import spots_from_probability
+    from .ml.baselines import spots_from_probability
 
     panels, xy = [], []
     for j in range(photons.shape[0]):
@@ -271,7 +271,7 @@ def evaluate_predictions(*, experiment: str, model: str, frames_path: str, peak_
     energy_distance = read_prediction(energy_distance_pred) if energy_distance_pred else None
     if truth_source:  # read once: every frame's truth rows come from these tables
         truth_frames, truth = read_overlay_frames(truth_source), read_overlay_truth(truth_source)
-    radius = float(cfg["match_radius_px"])
+    radius = float(cfg.match_radius_px)
     rows, offsets = [], []
     with h5py.File(peak_pred, "r") as pred_file:  # one frame of probabilities in memory at a time
         threshold, min_px = float(pred_file.attrs["threshold"]), int(pred_file.attrs["min_spot_px"])
@@ -289,7 +289,7 @@ def evaluate_predictions(*, experiment: str, model: str, frames_path: str, peak_
                                  float(info.wavelength_angstrom[i]),
                                  info.panels.distance_mm(info.beam_direction[i]) / 1e3, "simulation truth")
             if dials is not None and dials[i].indexed:
-                fr, min_ios = dials[i], float(cfg["min_i_over_sigma"])
+                fr, min_ios = dials[i], float(cfg.min_i_over_sigma)
                 refs["dials"] = (dials_reference(fr, fr.wavelength_angstrom, 0.0, min_ios), fr.wavelength_angstrom,
                                  fr.distance_mm / 1e3, "DIALS geometry")
                 if energy_distance is not None:

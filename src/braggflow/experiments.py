@@ -22,7 +22,7 @@ from .errors import InputError
 from .geometry import Geometry
 from .matrix import Dataset
 from .panels import Panels, write_frames_file
-from .units import energy_kev
+from .units import energy_kev, wavelength_angstrom
 
 DEFAULT_DATA_PATHS = ("/entry/data/data", "/entry_1/data_1/data")
 SHIFTED_SEED_BASE = 1_000_000  # shifted sets draw crystals apart from every matrix dataset
@@ -142,6 +142,23 @@ def matched_section(config: dict[str, Any], matched: dict[str, Any], section: st
     return merged
 
 
+def matched_jet_thickness_m(config: dict[str, Any], matched: dict[str, Any]) -> float:
+    """The water jet of an experiment's matched frames: its own, else the matrix's."""
+    um = matched["jet_thickness_um"]
+    return (um if um is not None else config["water"]["jet_thickness_um"]) * 1e-6
+
+
+def experiment_dials_settings(dials_cfg: dict[str, Any], exp: Experiment):
+    """The ``dials`` section with an experiment's own ``dials`` overrides (its PHIL lines after the section's)."""
+    from .dials import DialsSettings
+
+    d = exp.dials
+    return DialsSettings.from_config({
+        **dials_cfg, "indexing_method": d["indexing_method"] or dials_cfg["indexing_method"],
+        "cell_sigma_angstrom": d["cell_sigma_angstrom"] or dials_cfg["cell_sigma_angstrom"],
+        "extra_phil": list(dials_cfg["extra_phil"]) + list(d["extra_phil"])})
+
+
 def check_input_files(exp: Experiment, base: str | Path = ".") -> None:
     """Stop before any job runs where an input cannot be read: missing file, dataset, rank or geometry."""
     for f in exp.files:
@@ -175,6 +192,7 @@ class Hdf5Layout:
     shape: tuple[int, int]  # (slow, fast)
     geometry: Geometry
     adu_per_photon: float | None  # from the .geom, where it says
+    wavelengths_angstrom: np.ndarray | None = None  # per frame, where the .geom reads them from the file
 
 
 def hdf5_layout(path: str | Path, dataset_path: str | None, geom_path: str | Path | None) -> Hdf5Layout:
@@ -199,11 +217,12 @@ def hdf5_layout(path: str | Path, dataset_path: str | None, geom_path: str | Pat
                                    "(frames, slow, fast) or (slow, fast)")
         shape = tuple(int(v) for v in ds.shape[-2:])
         n = 1 if ds.ndim == 2 else int(ds.shape[0])
+        wavelengths = None
         if geom_path is not None:
-            geometry, adu = read_crystfel_geometry(geom_path, shape)
+            geometry, adu, wavelengths = read_crystfel_geometry(geom_path, shape, f, n)
         else:
             geometry, adu = _nxmx_geometry(f, path, shape), None
-    return Hdf5Layout(dataset_path, n, shape, geometry, adu)
+    return Hdf5Layout(dataset_path, n, shape, geometry, adu, wavelengths)
 
 
 def _nxmx_geometry(f: h5py.File, path, shape) -> Geometry:
@@ -233,11 +252,62 @@ def _nxmx_geometry(f: h5py.File, path, shape) -> Geometry:
 
 
 _GEOM_LINE = re.compile(r"^\s*([A-Za-z0-9_/]+)\s*=\s*(.*?)\s*$")
+# CrystFEL's units (crystfel_geometry(5)) as factors to A (wavelength), keV (photon_energy) and m (lengths).
+_WAVELENGTH_UNITS = {"wavelength": {"A": 1.0, "m": 1e10}, "photon_energy": {"eV": 1e-3, "keV": 1.0}}
+_LENGTH_UNITS_M = {"m": 1.0, "mm": 1e-3}
 
 
-def read_crystfel_geometry(path: str | Path, shape: tuple[int, int]) -> tuple[Geometry, float | None]:
-    """A single-panel CrystFEL .geom as a Geometry (and its adu_per_photon): clen, res, photon_energy,
-    corner_x/y and fs/ss = -x/-y (the convention of braggflow.crystfel: DIALS fast = +x, slow = -y)."""
+def _split_unit(text: str) -> tuple[str, str | None]:
+    value, _, unit = text.partition(" ")
+    return value, (unit.strip() or None)
+
+
+def _geom_wavelengths_angstrom(path: Path, g: dict[str, str], h5: h5py.File | None,
+                               n_frames: int) -> tuple[np.ndarray, bool]:
+    """(wavelength per frame in A, whether it came from the data file) from photon_energy or wavelength,
+    a number or, as CrystFEL allows, an HDF5 location: a scalar or one value per frame."""
+    keys = [k for k in _WAVELENGTH_UNITS if k in g]
+    if len(keys) != 1:
+        raise InputError(path, f"needs exactly one of {' or '.join(_WAVELENGTH_UNITS)}, has {keys or 'neither'}")
+    key = keys[0]
+    value, unit = _split_unit(g[key])
+    if unit is None and key == "photon_energy":
+        unit = "eV"  # CrystFEL's default; wavelength must state its unit
+    scale = _WAVELENGTH_UNITS[key].get(unit)
+    if scale is None:
+        raise InputError(path, f"{key} = {g[key]!r}: the unit must be one of {list(_WAVELENGTH_UNITS[key])}")
+    from_file = value.startswith("/")
+    if from_file:
+        if h5 is None or value not in h5:
+            raise InputError(path, f"{key} = {g[key]!r}: no such dataset in the data file")
+        raw = np.asarray(h5[value][()], dtype=float).ravel()
+        if raw.size not in (1, n_frames):
+            raise InputError(path, f"{key} = {g[key]!r}: {raw.size} values for {n_frames} frames")
+    else:
+        try:
+            raw = np.array([float(value)])
+        except ValueError:
+            raise InputError(path, f"{key} = {g[key]!r} is neither a number nor an HDF5 location") from None
+    v = raw * scale
+    wavelengths = v if key == "wavelength" else wavelength_angstrom(v)
+    if not np.all(np.isfinite(wavelengths) & (wavelengths > 0)):
+        raise InputError(path, f"{key} = {g[key]!r}: wavelengths must be positive")
+    return np.broadcast_to(wavelengths, (n_frames,)).copy(), from_file
+
+
+def _geom_length_m(path: Path, key: str, text: str) -> float:
+    value, unit = _split_unit(text)
+    if unit not in (None, *_LENGTH_UNITS_M):
+        raise InputError(path, f"{key} = {text!r}: the unit must be one of {list(_LENGTH_UNITS_M)}")
+    return float(value) * _LENGTH_UNITS_M[unit or "m"]  # a literal without unit is in m
+
+
+def read_crystfel_geometry(path: str | Path, shape: tuple[int, int], h5: h5py.File | None = None,
+                           n_frames: int = 1) -> tuple[Geometry, float | None, np.ndarray | None]:
+    """A single-panel CrystFEL .geom as a Geometry, its adu_per_photon and the per-frame wavelengths (A) where
+    it reads them from ``h5`` (else None): clen, res, photon_energy or wavelength, corner_x/y and fs/ss = -x/-y
+    (the convention of braggflow.crystfel: DIALS fast = +x, slow = -y). A wavelength read per frame gives
+    the Geometry their mean."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such geometry file (config key experiments.<name>.geometry)")
@@ -259,11 +329,11 @@ def read_crystfel_geometry(path: str | Path, shape: tuple[int, int]) -> tuple[Ge
     (pname, p), = panels.items()
     g = {**glob, **p}
     try:
-        clen, res, energy_ev = float(g["clen"]), float(g["res"]), float(g["photon_energy"])
+        clen, res = _geom_length_m(path, "clen", g["clen"]), float(g["res"])
         corner = (float(g["corner_x"]), float(g["corner_y"]))
     except KeyError as exc:
-        raise InputError(path, f"missing {exc.args[0]!r} (needs clen, res, photon_energy, corner_x, corner_y)") \
-            from None
+        raise InputError(path, f"missing {exc.args[0]!r} (needs clen, res, photon_energy or wavelength, corner_x, "
+                               "corner_y)") from None
     except ValueError as exc:
         raise InputError(path, f"not a number: {exc}") from None
     fs, ss = g.get("fs", "-x").replace(" ", ""), g.get("ss", "-y").replace(" ", "")
@@ -275,11 +345,13 @@ def read_crystfel_geometry(path: str | Path, shape: tuple[int, int]) -> tuple[Ge
     if size != tuple(shape):
         raise InputError(path, f"panel {pname} is {size[0]} x {size[1]} (slow x fast) pixels; the data are "
                                f"{shape[0]} x {shape[1]}")
+    wavelengths, from_file = _geom_wavelengths_angstrom(path, g, h5, n_frames)
     geometry = Geometry(detector_name=f"CrystFEL {path.name}", n_fast=shape[1], n_slow=shape[0],
                         pixel_size_m=1.0 / res, camera_length_m=clen, beam_center_px=corner,
-                        energy_kev=energy_ev / 1000.0, sensor_material="Si", sensor_thickness_mm=0.0001)
+                        energy_kev=energy_kev(float(wavelengths.mean())), sensor_material="Si",
+                        sensor_thickness_mm=0.0001)
     adu = float(g["adu_per_photon"]) if "adu_per_photon" in g else None
-    return geometry, adu
+    return geometry, adu, (wavelengths if from_file else None)
 
 
 def _axis(text: str) -> tuple[float, float]:
@@ -306,16 +378,16 @@ def import_hdf5(out: str | Path, nxmx_out: str | Path, path: str | Path, dataset
                 log=None) -> dict[str, Any]:
     """An HDF5 input as the normalized frames file, and as NXmx (photons) for DIALS. Counts <= -1 or NaN, pixels
     an NXmx pixel_mask flags, and the outer ``untrusted_border_px`` of the frame are untrusted."""
-    from .nxmx import nxmx_writer
+    from .nxmx import MASK_PATH, nxmx_writer
 
     layout = hdf5_layout(path, dataset_path, geom_path)
     gain = adu_per_photon or layout.adu_per_photon or 1.0
     g = layout.geometry
+    wavelengths = g.wavelength_angstrom if layout.wavelengths_angstrom is None else layout.wavelengths_angstrom
     with h5py.File(path, "r") as f:
         ds = f[layout.dataset_path]
         raw = ds[()] if ds.ndim == 3 else ds[()][None]
-        mask = f["entry/instrument/detector/pixel_mask"][()] != 0 if "entry/instrument/detector/pixel_mask" in f \
-            else np.zeros(layout.shape, bool)
+        mask = f[MASK_PATH][()] != 0 if MASK_PATH in f else np.zeros(layout.shape, bool)
     raw = raw.astype(np.float32)
     if untrusted_border_px:
         b = untrusted_border_px
@@ -324,9 +396,9 @@ def import_hdf5(out: str | Path, nxmx_out: str | Path, path: str | Path, dataset
     bad = ~np.isfinite(raw) | (raw <= -1) | mask[None]
     photons = np.where(bad, -1.0, np.clip(raw / gain, 0, None)).astype(np.float32)
     panels, beam = geometry_panels(g)
-    write_frames_file(out, photons[:, None], panels, g.wavelength_angstrom, beam, [str(path)] * len(raw),
+    write_frames_file(out, photons[:, None], panels, wavelengths, beam, [str(path)] * len(raw),
                       np.arange(len(raw)), gain, "hdf5 " + layout.dataset_path)
-    with nxmx_writer(nxmx_out, g, len(raw), np.float32, g.wavelength_angstrom, mask=mask.astype(np.int32)) as (_, d):
+    with nxmx_writer(nxmx_out, g, len(raw), np.float32, wavelengths, mask=mask.astype(np.int32)) as (_, d):
         for i in range(len(raw)):
             d[i] = np.where(bad[i], -1.0, photons[i])
     stats = {"frames": len(raw), "shape": layout.shape, "gain": gain, "untrusted_fraction": float(bad.mean()),

@@ -1,12 +1,22 @@
-"""Logging for workflow scripts: messages to the rule's log file and stderr; errors logged before they propagate."""
+"""Logging for workflow scripts: messages to the rule's log file and stderr; errors logged before they propagate.
+
+SIGTERM (Snakemake cancelling a job, SLURM's scancel or time limit) becomes SystemExit inside ``logged``, so the
+writers' cleanup runs (braggflow.io.atomic_path removes its temporary file) instead of the process vanishing.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _terminate(signum, _frame):
+    raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager
@@ -19,12 +29,19 @@ def logged(log_path: str | Path, name: str = "braggflow") -> Iterator[logging.Lo
     for h in handlers:
         h.setFormatter(fmt)
         logger.addHandler(h)
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, _terminate) if main else None
     try:
         yield logger
     except Exception as exc:
         logger.error("%s: %s", type(exc).__name__, exc)
         raise
+    except SystemExit as exc:
+        logger.error("terminated (exit status %s): partial outputs removed", exc.code)
+        raise
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         for h in handlers:
             logger.removeHandler(h)
             h.close()

@@ -170,7 +170,8 @@ def untrusted_pixels(info: FramesInfo) -> np.ndarray:
 def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | Path, water_table: str | Path,
                         beam: Beam, simulation: SimulationSettings, overlay: OverlaySettings, jet_thickness_m: float,
                         seed: int, dataset: str, dataset_index: int, frames: range, structure: str,
-                        outlier_amplitudes: np.ndarray | None = None, log=None) -> dict[str, Any]:
+                        outlier_amplitudes: np.ndarray | None = None, backend: str = "numpy",
+                        log=None) -> dict[str, Any]:
     """Simulate ``frames`` in the experiment's geometry and write one stacked training shard atomically.
     ``outlier_amplitudes``: lone-pixel photons measured in the experiment's frames (outliers.py) to draw outliers
     from, at ``overlay.outlier_pixels_per_mpx``; None draws them log-uniformly within overlay.outlier_photons."""
@@ -181,7 +182,7 @@ def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | P
     water = water_panels(dets, wavelength, beam, jet_thickness_m, water_table)
     sf, cell = load_structure_factors(mtz_path)
     b = b_matrix(cell)
-    xp = get_array_module(simulation.backend)
+    xp = get_array_module(backend)
     untrusted = untrusted_pixels(info) | bad_pixel_mask(water.shape, overlay.bad_pixel_fraction, seed)
     stacked_untrusted = stack_panels(untrusted, True)
     stacked_water = stack_panels(water, np.float32(0.0))

@@ -20,9 +20,15 @@ from .geometry import Geometry
 from .io import atomic_path
 
 DATA_PATH = "/entry/data/data"
-MASK_PATH = "/entry/instrument/detector/pixel_mask"
-GAP_BIT = 1  # NeXus pixel_mask bit 0: gap between modules
 DETECTOR_PATH = "/entry/instrument/detector"
+MASK_PATH = DETECTOR_PATH + "/pixel_mask"
+# NXdetector pixel_mask bits braggflow sets; NXmx numbers them from 0 and any set bit makes a pixel untrusted.
+GAP_BIT = 1 << 0  # gap between modules
+DEAD_BIT = 1 << 1  # dead pixel
+MASK_BITS = GAP_BIT | DEAD_BIT  # every bit braggflow sets
+# Each frame's central wavelength: an array indexed like the data's frame axis.
+WAVELENGTH_PATH = "/entry/instrument/beam/incident_wavelength"
+WAVELENGTH_UNITS = "angstrom"
 DET_Z_PATH = DETECTOR_PATH + "/transformations/det_z"
 MODULE_PATH = DETECTOR_PATH + "/module"
 
@@ -58,9 +64,9 @@ def write_nxmx_metadata(f: h5py.File, geometry: Geometry, wavelengths_angstrom: 
     entry.create_dataset("definition", data="NXmx")
     _nx(entry.create_group("sample"), "NXsample")
     inst = _nx(entry.create_group("instrument"), "NXinstrument")
-    beam = _nx(inst.create_group("beam"), "NXbeam")
-    wl = beam.create_dataset("incident_wavelength", data=np.asarray(wavelengths_angstrom, dtype=float))
-    wl.attrs["units"] = "angstrom"
+    _nx(inst.create_group("beam"), "NXbeam")
+    wl = f.create_dataset(WAVELENGTH_PATH, data=np.asarray(wavelengths_angstrom, dtype=float))
+    wl.attrs["units"] = WAVELENGTH_UNITS
     det = _nx(inst.create_group("detector"), "NXdetector")
     det.create_dataset("sensor_material", data=geometry.sensor_material)
     thick = geometry.sensor_thickness_mm if sensor_thickness_mm is None else sensor_thickness_mm
@@ -76,7 +82,7 @@ def write_nxmx_metadata(f: h5py.File, geometry: Geometry, wavelengths_angstrom: 
         det.create_dataset("saturation_value", data=int(saturation_value))
         det.create_dataset("underload_value", data=-1)
     if mask is not None:
-        det.create_dataset("pixel_mask", data=mask.astype(np.int32), compression="gzip", compression_opts=4)
+        f.create_dataset(MASK_PATH, data=mask.astype(np.int32), compression="gzip", compression_opts=4)
     trans = _nx(det.create_group("transformations"), "NXtransformations")
     _transformation(trans, "det_z", geometry.camera_length_m * 1e3, "mm", "translation", [0, 0, 1], ".")
     det.create_dataset("depends_on", data=MODULE_PATH + "/fast_pixel_direction")

@@ -26,7 +26,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
@@ -35,18 +35,21 @@ from scipy import ndimage
 
 from .errors import InputError
 from .geometry import Geometry
-from .nxmx import DATA_PATH, GAP_BIT, nxmx_writer
+from .nxmx import DATA_PATH, DEAD_BIT, GAP_BIT, nxmx_writer
+from .settings import Section
 from .shards import THIN_SENSOR_MM, TRUTH_COLUMNS, read_shard_frames, read_truth
 from .water import read_background
 
 OVERLAY_STREAM = 1
 BAD_PIXEL_STREAM = 0xBAD
-DEAD_BIT = 2  # NeXus pixel_mask bit 1: dead pixel
 UNTRUSTED_VALUE = -1
 
 
 @dataclass(frozen=True)
-class OverlaySettings:
+class OverlaySettings(Section):
+    """``overlay`` without ``gallery_frames`` (a figure setting): what makes the overlay shards' bytes."""
+
+    KEY: ClassVar[str] = "overlay"
     blank_fraction: float
     jet_thickness_rel_sigma: float
     adu_per_photon: float
@@ -55,30 +58,16 @@ class OverlaySettings:
     bad_pixel_fraction: float
     label_nsigma: float
     label_min_photons: float
-    outlier_pixels_per_mpx: float = 0.0
-    outlier_photons: tuple[float, float] = (5.0, 500.0)
+    outlier_pixels_per_mpx: float
+    outlier_photons: tuple[float, float]
 
     def __post_init__(self):
-        object.__setattr__(self, "outlier_photons", tuple(float(v) for v in self.outlier_photons))
-        checks = {
-            "blank_fraction": 0 <= self.blank_fraction < 1,
-            "jet_thickness_rel_sigma": 0 <= self.jet_thickness_rel_sigma < 5,
-            "adu_per_photon": self.adu_per_photon > 0,
-            "readout_noise_adu": self.readout_noise_adu >= 0,
-            "saturation_adu": 1 <= self.saturation_adu < 2**31,
-            "bad_pixel_fraction": 0 <= self.bad_pixel_fraction < 0.5,
-            "label_nsigma": self.label_nsigma >= 0,
-            "label_min_photons": self.label_min_photons > 0,
-            "outlier_pixels_per_mpx": 0 <= self.outlier_pixels_per_mpx <= 1e5,
-            "outlier_photons": len(self.outlier_photons) == 2 and 0 < self.outlier_photons[0] <= self.outlier_photons[1],
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ValueError(f"config key 'overlay.{key}': value {getattr(self, key)!r} is out of range")
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "OverlaySettings":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+        # Ranges are the schema's; this is the one relation between keys it cannot state.
+        lo, hi = (float(v) for v in self.outlier_photons)
+        object.__setattr__(self, "outlier_photons", (lo, hi))
+        if not 0 < lo <= hi:
+            raise ValueError(f"config key 'overlay.outlier_photons': value {self.outlier_photons!r} is out of range "
+                             "(0 < low <= high)")
 
 
 def bad_pixel_mask(shape: tuple[int, int], fraction: float, seed: int) -> np.ndarray:

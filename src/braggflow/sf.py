@@ -7,6 +7,7 @@ A direct sum: exact and independent of FFT grids, and fast enough for a protein 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +132,18 @@ class SfTable:
     d_angstrom: np.ndarray
 
 
+# Reflections a little beyond the detector's corner still light up pixels through the lattice transform.
+D_MIN_MARGIN = 0.95
+
+
+def sf_d_min_angstrom(configured: float | None, corner_d_min_angstrom: Sequence[float]) -> float:
+    """The resolution to compute structure factors to: the configured d_min, or D_MIN_MARGIN of the finest d any
+    of the detector corners (each camera length of one energy, or each panel of an experiment) records."""
+    if configured is not None:
+        return float(configured)
+    return round(D_MIN_MARGIN * min(corner_d_min_angstrom), 4)
+
+
 def compute_sf_table(model: CrystalModel, energy_kev: float, d_min_angstrom: float, anomalous: bool = True) -> SfTable:
     if not d_min_angstrom > 0:
         raise ValueError(f"d_min must be > 0 A, got {d_min_angstrom}")
@@ -144,10 +157,22 @@ def compute_sf_table(model: CrystalModel, energy_kev: float, d_min_angstrom: flo
 
 
 MTZ_COLUMNS = (("F(+)", "G"), ("PHI(+)", "P"), ("F(-)", "G"), ("PHI(-)", "P"))
+# Intensities after the amplitudes, for programs that read only intensities: CrystFEL (get_hkl, pattern_sim,
+# compare_hkl) looks up exactly I and SIGI.
+MTZ_INTENSITY_COLUMNS = (("I", "J"), ("SIGI", "Q"), ("I(+)", "K"), ("SIGI(+)", "M"), ("I(-)", "K"),
+                         ("SIGI(-)", "M"))
+
+
+def stored_sigma(values: np.ndarray) -> np.ndarray:
+    """The sigma of a calculated (exact) value: its float32 rounding, one unit in the last place. Zero sigmas
+    would not do: gemmi and CCP4 programs drop every reflection with sigma <= 0."""
+    v = np.abs(np.asarray(values, dtype=np.float32))
+    return np.maximum(np.spacing(v), np.finfo(np.float32).tiny)
 
 
 def write_mtz(path: str | Path, model: CrystalModel, table: SfTable, energy_kev: float) -> None:
-    """Anomalous amplitudes and phases (F(+), PHI(+), F(-), PHI(-)); gemmi, cctbx and DIALS read it."""
+    """Anomalous amplitudes and phases (F(+), PHI(+), F(-), PHI(-)), then intensities |F|^2: I (the Bijvoet
+    mean), SIGI, I(+), SIGI(+), I(-), SIGI(-) (sigmas: stored_sigma); gemmi, cctbx, DIALS and CrystFEL read it."""
     from .units import wavelength_angstrom
 
     mtz = gemmi.Mtz(with_base=True)
@@ -156,11 +181,14 @@ def write_mtz(path: str | Path, model: CrystalModel, table: SfTable, energy_kev:
     mtz.set_cell_for_all(model.gemmi_cell)
     ds = mtz.add_dataset("calc")
     ds.wavelength = wavelength_angstrom(energy_kev)
-    for label, kind in MTZ_COLUMNS:
+    for label, kind in MTZ_COLUMNS + MTZ_INTENSITY_COLUMNS:
         mtz.add_column(label, kind)
+    i_plus, i_minus = np.abs(table.f_plus) ** 2, np.abs(table.f_minus) ** 2
+    i_mean = 0.5 * (i_plus + i_minus)
     data = np.column_stack([
         table.hkl, np.abs(table.f_plus), np.degrees(np.angle(table.f_plus)),
         np.abs(table.f_minus), np.degrees(np.angle(table.f_minus)),
+        i_mean, stored_sigma(i_mean), i_plus, stored_sigma(i_plus), i_minus, stored_sigma(i_minus),
     ]).astype(np.float32)
     mtz.set_data(data)
     mtz.history = [f"braggflow: direct sum, IT92 f0, Cromer-Liberman f'/f'' at {energy_kev:g} keV"]

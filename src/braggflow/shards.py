@@ -33,9 +33,10 @@ from .beam import Beam
 from .draws import DrawConfig, FrameDraws, draw_frame
 from .geometry import Geometry
 from .nxmx import DATA_PATH, nxmx_writer
+from .settings import canonical
 from .sf import dense_amplitude_table, read_mtz
-from .simulator import (FlatDetector, StructureFactorTable, apply_psf, get_array_module, simulate_still, to_numpy,
-                        truth_reflections)
+from .simulator import (Crystal, FlatDetector, Numerics, Pulse, Still, StructureFactorTable, apply_psf,
+                        get_array_module, simulate_still, to_numpy, truth_reflections)
 
 DRAW_KEYS = ("ncells", "ncells_per_axis", "mosaic_spread_deg", "mosaic_domains", "mosaic_model", "spectrum_shape",
              "bandwidth_frac", "spectrum_samples", "energy_jitter_rel_sigma", "fluence_rel_sigma")
@@ -48,6 +49,11 @@ DEFAULT_MAX_DETECTOR_BYTES = 4 * 2**30
 THIN_SENSOR_MM = 1e-4
 
 
+# The simulation keys that make a shard's bytes (the rest of the section, structures, frames_per_dataset,
+# frames_per_shard and backend, chooses which jobs run and where, not what a frame holds).
+SIMULATION_KEYS = DRAW_KEYS + ("oversample", "crystal_shape", "rel_tol", "min_stored_photons", "psf_fwhm_um")
+
+
 @dataclass(frozen=True)
 class SimulationSettings:
     """The config's ``simulation`` block, validated, for one dataset."""
@@ -55,16 +61,20 @@ class SimulationSettings:
     draws: DrawConfig
     oversample: int
     crystal_shape: str
-    backend: str
     rel_tol: float
-    min_stored_photons: float = 0.0  # pixels below are stored as 0: sub-photon tails do not compress
-    psf_fwhm_um: float = 0.0  # detector point-spread (nanoBragg's Gaussian PSF); 0: none
+    min_stored_photons: float  # pixels below are stored as 0: sub-photon tails do not compress
+    psf_fwhm_um: float  # detector point-spread (nanoBragg's Gaussian PSF); 0: none
 
     def provenance(self) -> dict[str, Any]:
         """What a shard records of how it was simulated."""
         return {"draws": _jsonable(self.draws.__dict__), "oversample": self.oversample,
                 "crystal_shape": self.crystal_shape, "rel_tol": self.rel_tol,
                 "min_stored_photons": self.min_stored_photons, "psf_fwhm_um": self.psf_fwhm_um}
+
+    @staticmethod
+    def params(sim: dict[str, Any]) -> dict[str, Any]:
+        """What a simulating rule records of the section: SIMULATION_KEYS, in that order."""
+        return {k: canonical(sim[k]) for k in SIMULATION_KEYS}
 
     @classmethod
     def from_config(cls, sim: dict[str, Any], geometry: Geometry, beam: Beam) -> "SimulationSettings":
@@ -77,10 +87,10 @@ class SimulationSettings:
                                fluence_photons_per_m2=beam.fluence_per_m2, **{k: sim[k] for k in DRAW_KEYS})
         except ValueError as exc:
             raise ValueError(f"config key 'simulation': {exc}") from None
-        psf = float(sim.get("psf_fwhm_um", 0.0))
+        psf = float(sim["psf_fwhm_um"])
         if not (psf >= 0 and math.isfinite(psf)):
             raise ValueError(f"config key 'simulation.psf_fwhm_um': value {psf!r} must be >= 0")
-        return cls(draws, int(sim["oversample"]), sim["crystal_shape"], sim["backend"], float(sim["rel_tol"]),
+        return cls(draws, int(sim["oversample"]), sim["crystal_shape"], float(sim["rel_tol"]),
                    float(sim["min_stored_photons"]), psf)
 
 
@@ -116,28 +126,29 @@ def beam_polarization_axis(beam: Beam) -> tuple[float, float, float]:
 
 def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, detector: FlatDetector,
                    settings: SimulationSettings, beam: Beam, xp) -> tuple[np.ndarray, Any]:
-    a_matrix = draws.orientation @ b
-    kwargs = dict(A_matrix=a_matrix, detector=detector, structure_factors=sf, wavelengths_A=draws.wavelengths_A,
-                  weights=draws.weights, mosaic_umats=draws.mosaic_umats, ncells=draws.ncells,
-                  shape=settings.crystal_shape, fluence_photons_per_m2=draws.fluence_photons_per_m2,
-                  oversample=settings.oversample, kahn_factor=beam.kahn_factor,
-                  polarization_axis=beam_polarization_axis(beam),
-                  xp=xp)
-    image = simulate_still(rel_tol=settings.rel_tol, **kwargs)
-    truth = truth_reflections(image=image, **kwargs)  # spot photons before the detector spreads them
+    still = Still(
+        Crystal(A_matrix=draws.orientation @ b, ncells=draws.ncells, shape=settings.crystal_shape,
+                mosaic_umats=draws.mosaic_umats),
+        Pulse(wavelengths_A=draws.wavelengths_A, weights=draws.weights,
+              fluence_photons_per_m2=draws.fluence_photons_per_m2, kahn_factor=beam.kahn_factor,
+              polarization_axis=beam_polarization_axis(beam)),
+        Numerics(oversample=settings.oversample))
+    image = simulate_still(still, detector, sf, rel_tol=settings.rel_tol, xp=xp)
+    truth = truth_reflections(still, detector, sf, image=image, xp=xp)  # spot photons before the detector spreads them
     if settings.psf_fwhm_um > 0:
         image = apply_psf(image, settings.psf_fwhm_um / (detector.pixel_size_mm * 1e3), xp)
     return to_numpy(image).astype(np.float32), truth
 
 
 def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, beam: Beam, settings: SimulationSettings,
-                seed: int, dataset: str, dataset_index: int, frames: range, structure: str,
+                seed: int, dataset: str, dataset_index: int, frames: range, structure: str, backend: str = "numpy",
                 max_detector_bytes: int = DEFAULT_MAX_DETECTOR_BYTES, log=None) -> dict[str, float]:
-    """Simulate ``frames`` and write the shard atomically; returns timing figures."""
+    """Simulate ``frames`` and write the shard atomically; returns timing figures. ``backend``: where the
+    arithmetic runs (numpy, cupy or auto); the bytes do not depend on it."""
     if geometry.n_fast * geometry.n_slow * 20 > max_detector_bytes:
         raise ValueError(f"detector {geometry.n_fast}x{geometry.n_slow} px needs more than the memory limit of "
                          f"{max_detector_bytes / 2**30:.1f} GiB per frame")
-    xp = get_array_module(settings.backend)
+    xp = get_array_module(backend)
     sf, cell = load_structure_factors(mtz_path)
     b = b_matrix(cell)
     det = flat_detector(geometry)

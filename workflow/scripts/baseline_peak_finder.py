@@ -1,7 +1,8 @@
 from braggflow.logs import logged
 from braggflow.ml.pipeline import run_baseline_peaks
+from braggflow.settings import TrainingSettings
 
 with logged(snakemake.log[0]) as log:
-    scores = run_baseline_peaks(list(snakemake.input), out=snakemake.output[0], cfg=snakemake.params.training,
+    scores = run_baseline_peaks(list(snakemake.input), out=snakemake.output[0], cfg=TrainingSettings.from_params(snakemake.params.training),
                                 seed=snakemake.params.seed, log=log)
     log.info("test frames: %s", scores)

@@ -2,7 +2,10 @@
 # dials.stills_process on one overlay shard or one experiment's input files, then the export of its results to
 # plain arrays (DIALS' Python). Runs in DIALS' environment (Debian's /usr/bin programs, envs/dials.yaml or the
 # DIALS container). Frames are numbered over the inputs in order (files, then frames within a file).
+# BRAGGFLOW_WORKFLOW (the checkout, set by rules/common.smk) locates the DIALS-side programs: environment, not
+# params, so that the same run in another directory reruns nothing.
 set -euo pipefail
+: "${BRAGGFLOW_WORKFLOW:?is set by rules/common.smk}"
 read -ra inputs <<< "${snakemake_input[frames]}"
 export_npz=$(realpath -m "${snakemake_output[export]}")
 log=$(realpath -m "${snakemake_log[0]}")
@@ -21,9 +24,9 @@ fi
 # Debian's DIALS 3.12 lacks the compiled xfel_mono_sim_ext that stills indexing imports (see
 # workflow/dials/xfel_mono_sim_ext.py); only where it is missing does the empty stand-in go on the path.
 if ! libtbx.python -c 'import xfel_mono_sim_ext' 2>/dev/null; then
-    export PYTHONPATH="$(dirname "${snakemake_params[shim]}")${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$BRAGGFLOW_WORKFLOW/workflow/dials${PYTHONPATH:+:$PYTHONPATH}"
 fi
 (cd "$out" && dials.stills_process "${frames[@]}" params.phil "mp.nproc=${snakemake[threads]}" \
     output.output_dir=dials) > "$log" 2>&1
-libtbx.python "${snakemake_params[export_script]}" "$out/dials" "$n_frames" "$export_npz" "$out/inputs.txt" \
+libtbx.python "$BRAGGFLOW_WORKFLOW/workflow/scripts/dials_export.py" "$out/dials" "$n_frames" "$export_npz" "$out/inputs.txt" \
     >> "$log" 2>&1

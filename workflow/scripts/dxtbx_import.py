@@ -2,7 +2,9 @@
 
 usage: libtbx.python dxtbx_import.py [--untrusted-border-px=N] <out.h5> <adu_per_photon> <input file> [...]
 
-Reads every format dxtbx reads (CBF, multi-frame NXmx HDF5, Eiger master files, ...) and writes, atomically:
+Reads every format dxtbx reads (CBF, multi-frame NXmx HDF5, Eiger master files, ...) and writes <out.h5>
+atomically (a temporary file beside it, .<name>.<host>.<pid>.<random>.tmp as braggflow.io.atomic_path names it,
+renamed onto it; removed on any failure or SIGTERM):
   /data                      float32 (frames, panels, slow, fast), one frame per chunk, gzip 4: photons =
                              raw counts / adu_per_photon clipped to >= 0; untrusted pixels (outside the panel's
                              trusted range, in the imageset's static/dynamic mask, or within N px of a panel's
@@ -17,19 +19,30 @@ Reads every format dxtbx reads (CBF, multi-frame NXmx HDF5, Eiger master files, 
   /frames/beam_direction      (n, 3) unit vector along s0 (beam.get_unit_s0())
   /frames/source_file         (n,) UTF-8 strings, the input paths as given
   /frames/source_index        (n,) int64, frame index within its source file
-  attrs: adu_per_photon, format_class (of the first image), n_panels, layout = "frames, panels, slow, fast"
+  attrs: adu_per_photon, format_class (of the first image), n_panels, layout = "frames, panels, slow, fast",
+         untrusted_border_px
 Frames: input files in the given order, frames within a file in order. Pixel coordinates follow DIALS
 (x = fast, y = slow, pixel i spans [i, i+1)).
 """
 
+import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 import h5py
 import numpy as np
 from dxtbx.model.experiment_list import ExperimentListFactory
 
+PROG = "dxtbx_import.py"
+USAGE = "libtbx.python dxtbx_import.py [--untrusted-border-px=N] <out.h5> <adu_per_photon> <input file> [...]"
 LAYOUT = "frames, panels, slow, fast"
+# braggflow's src/ in the checkout this program belongs to (workflow/scripts/ -> ../../src): DIALS' Python need
+# not have braggflow installed, and braggflow.io needs only the standard library.
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
+PANEL_ARRAYS = ("origin_mm", "fast_axis", "slow_axis", "pixel_size_mm", "image_size")
 
 
 class InputFileError(Exception):
@@ -37,6 +50,72 @@ class InputFileError(Exception):
 
     def __init__(self, path, message):
         super().__init__(f"{path}: {message}")
+
+
+def border_width(text):
+    """argparse type of --untrusted-border-px: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_number(text):
+    """argparse type of <adu_per_photon>: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def parse_args(args=None):
+    """The command line (``args``, default sys.argv[1:]) as an argparse namespace: untrusted_border_px,
+    out_path, adu_per_photon, inputs. Exits with a message naming the argument where one is wrong."""
+    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, allow_abbrev=False,
+                                     description="Image files dxtbx reads -> one HDF5 file of photons (see the "
+                                                 "program's docstring).")
+    parser.add_argument("--untrusted-border-px", type=border_width, default=0, metavar="N",
+                        help="mark pixels within N px of every panel's border untrusted (-1.0)")
+    parser.add_argument("out_path", help="the HDF5 file to write")
+    parser.add_argument("adu_per_photon", type=positive_number, help="raw counts per photon")
+    parser.add_argument("inputs", nargs="+", metavar="input_file", help="image files dxtbx reads, in order")
+    options = parser.parse_args(args)
+    if os.path.isdir(options.out_path):
+        parser.error(f"argument out_path: {options.out_path} is a directory")
+    return options
+
+
+@contextlib.contextmanager
+def sigterm_exits():
+    """SIGTERM (Snakemake cancelling the job, SLURM's scancel or time limit) raises SystemExit(128 + 15) while
+    inside, so that the atomic writer removes its temporary file instead of the process vanishing."""
+    def terminate(signum, _frame):
+        print(f"{PROG}: terminated by signal {signum}: partial output removed", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, terminate) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def atomic_path(target):
+    """braggflow.io.atomic_path(target): a temporary path beside ``target`` (.<name>.<host>.<pid>.<random>.tmp),
+    renamed onto it with the umask's permissions on success, removed on any exception."""
+    if SRC not in sys.path:
+        sys.path.insert(0, SRC)
+    from braggflow.io import atomic_path as braggflow_atomic_path
+
+    return braggflow_atomic_path(target)
 
 
 def load_imagesets(path):
@@ -54,6 +133,27 @@ def load_imagesets(path):
     return imagesets
 
 
+def list_frames(inputs):
+    """Pass 1, models only (cheap): every frame as (path, imageset, index in imageset, index in file), input
+    files in order."""
+    frames = []
+    for path in inputs:
+        n_in_file = 0
+        try:
+            for imageset in load_imagesets(path):
+                indices = list(imageset.indices()) if hasattr(imageset, "indices") else range(len(imageset))
+                for i in range(len(imageset)):
+                    frames.append((path, imageset, i, int(indices[i]) if i < len(indices) else n_in_file))
+                    n_in_file += 1
+        except InputFileError:
+            raise
+        except Exception as exc:
+            raise InputFileError(path, f"{type(exc).__name__}: {exc}") from None
+        if n_in_file == 0:
+            raise InputFileError(path, "holds no images")
+    return frames
+
+
 def frame_model(get, i):
     """A frame's model (imageset.get_beam / get_detector): its own where the imageset keeps one per frame,
     else the imageset's single model."""
@@ -65,6 +165,7 @@ def frame_model(get, i):
 
 
 def frame_beam(imageset, i):
+    """The beam of frame ``i`` of an imageset (ValueError where there is none)."""
     beam = frame_model(imageset.get_beam, i)
     if beam is None:
         raise ValueError(f"no beam model for frame {i}")
@@ -72,10 +173,12 @@ def frame_beam(imageset, i):
 
 
 def frame_detector(imageset, i):
+    """The detector of frame ``i`` of an imageset."""
     return frame_model(imageset.get_detector, i)
 
 
 def panel_table(detector):
+    """A detector's panels as arrays (the /panels datasets) by name."""
     panels = list(detector)
     return {
         "name": [p.get_name() or f"panel{i}" for i, p in enumerate(panels)],
@@ -85,6 +188,23 @@ def panel_table(detector):
         "pixel_size_mm": np.array([p.get_pixel_size() for p in panels], np.float64),
         "image_size": np.array([p.get_image_size() for p in panels], np.int64),
     }
+
+
+def panel_layout(frames):
+    """The first frame's panels: (panel table, panel shape (slow, fast), format class name). All panels must
+    share one shape."""
+    first_path, first_set = frames[0][0], frames[0][1]
+    try:
+        table = panel_table(frame_detector(first_set, 0))
+        format_class = first_set.get_format_class().__name__
+    except Exception as exc:
+        raise InputFileError(first_path, f"{type(exc).__name__}: {exc}") from None
+    sizes = {tuple(s) for s in table["image_size"]}
+    if len(sizes) != 1:
+        raise InputFileError(first_path, f"panels of different sizes (fast, slow) {sorted(sizes)}: "
+                                         "the layout (frames, panels, slow, fast) needs one panel shape")
+    n_fast, n_slow = sizes.pop()
+    return table, (int(n_slow), int(n_fast)), format_class
 
 
 def photons(imageset, i, detector, adu_per_photon, shape, border_px=0):
@@ -109,103 +229,66 @@ def photons(imageset, i, detector, adu_per_photon, shape, border_px=0):
     return out
 
 
-def main(argv):
-    border_px = 0
-    if len(argv) > 1 and argv[1].startswith("--untrusted-border-px="):
-        try:
-            border_px = int(argv[1].split("=", 1)[1])
-        except ValueError:
-            border_px = -1
-        if border_px < 0:
-            sys.exit(f"dxtbx_import.py: --untrusted-border-px must be an integer >= 0, got {argv[1]!r}")
-        argv = argv[:1] + argv[2:]
-    if len(argv) < 4:
-        sys.exit("usage: libtbx.python dxtbx_import.py <out.h5> <adu_per_photon> <input file> [<input file> ...]")
-    out_path, inputs = argv[1], argv[3:]
-    try:
-        adu_per_photon = float(argv[2])
-    except ValueError:
-        sys.exit(f"dxtbx_import.py: adu_per_photon must be a number, got {argv[2]!r}")
-    if not np.isfinite(adu_per_photon) or adu_per_photon <= 0:
-        sys.exit(f"dxtbx_import.py: adu_per_photon must be > 0, got {argv[2]!r}")
-
-    tmp = f"{out_path}.tmp-{os.getpid()}"
-    current = inputs[0]
-    try:
-        # Pass 1: models only (cheap) -> frame list, panel layout, beams.
-        frames = []  # (path, imageset, index in imageset, index in file)
-        for current in inputs:
-            n_in_file = 0
-            for imageset in load_imagesets(current):
-                indices = list(imageset.indices()) if hasattr(imageset, "indices") else range(len(imageset))
-                for i in range(len(imageset)):
-                    frames.append((current, imageset, i, int(indices[i]) if i < len(indices) else n_in_file))
-                    n_in_file += 1
-            if n_in_file == 0:
-                raise InputFileError(current, "holds no images")
-        current = inputs[0]
-        first_path, first_set = frames[0][0], frames[0][1]
-        detector0 = frame_detector(first_set, 0)
-        table = panel_table(detector0)
-        n_panels = len(table["name"])
-        sizes = {tuple(s) for s in table["image_size"]}
-        if len(sizes) != 1:
-            raise InputFileError(first_path, f"panels of different sizes (fast, slow) {sorted(sizes)}: "
-                                           "the layout (frames, panels, slow, fast) needs one panel shape")
-        n_fast, n_slow = sizes.pop()
-        shape = (int(n_slow), int(n_fast))
-        format_class = first_set.get_format_class().__name__
-
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        text = h5py.string_dtype("utf-8")
-        n = len(frames)
-        with h5py.File(tmp, "w") as f:
-            f.attrs["adu_per_photon"] = adu_per_photon
-            f.attrs["format_class"] = format_class
-            f.attrs["n_panels"] = n_panels
-            f.attrs["layout"] = LAYOUT
-            f.attrs["untrusted_border_px"] = border_px
-            data = f.create_dataset("data", shape=(n, n_panels) + shape, dtype=np.float32,
-                                    chunks=(1, n_panels) + shape, compression="gzip", compression_opts=4)
-            g = f.create_group("panels")
-            g.create_dataset("name", data=np.array(table["name"], dtype=object), dtype=text)
-            for key in ("origin_mm", "fast_axis", "slow_axis", "pixel_size_mm", "image_size"):
-                g.create_dataset(key, data=table[key])
-            wavelength = np.zeros(n, np.float64)
-            direction = np.zeros((n, 3), np.float64)
-            source_index = np.zeros(n, np.int64)
-            for k, (current, imageset, i, index_in_file) in enumerate(frames):
+def write_frames(out_path, frames, table, shape, format_class, adu_per_photon, border_px):
+    """Pass 2: every frame's photons, beam and the first frame's panels into ``out_path``, atomically."""
+    n_panels = len(table["name"])
+    first_path = frames[0][0]
+    text = h5py.string_dtype("utf-8")
+    n = len(frames)
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["adu_per_photon"] = adu_per_photon
+        f.attrs["format_class"] = format_class
+        f.attrs["n_panels"] = n_panels
+        f.attrs["layout"] = LAYOUT
+        f.attrs["untrusted_border_px"] = border_px
+        data = f.create_dataset("data", shape=(n, n_panels) + shape, dtype=np.float32,
+                                chunks=(1, n_panels) + shape, compression="gzip", compression_opts=4)
+        g = f.create_group("panels")
+        g.create_dataset("name", data=np.array(table["name"], dtype=object), dtype=text)
+        for key in PANEL_ARRAYS:
+            g.create_dataset(key, data=table[key])
+        wavelength = np.zeros(n, np.float64)
+        direction = np.zeros((n, 3), np.float64)
+        source_index = np.zeros(n, np.int64)
+        for k, (path, imageset, i, index_in_file) in enumerate(frames):
+            try:
                 detector = frame_detector(imageset, i)
                 if len(detector) != n_panels:
-                    raise InputFileError(current, f"frame {index_in_file}: {len(detector)} panels, "
-                                                f"the first frame ({first_path}) has {n_panels}")
+                    raise InputFileError(path, f"frame {index_in_file}: {len(detector)} panels, "
+                                               f"the first frame ({first_path}) has {n_panels}")
                 beam = frame_beam(imageset, i)
                 wavelength[k] = beam.get_wavelength()
                 direction[k] = beam.get_unit_s0()
                 source_index[k] = index_in_file
-                try:
-                    data[k] = photons(imageset, i, detector, adu_per_photon, shape, border_px)
-                except InputFileError:
-                    raise
-                except Exception as exc:
-                    raise InputFileError(current, f"frame {index_in_file}: {type(exc).__name__}: {exc}") from None
-            fr = f.create_group("frames")
-            fr.create_dataset("wavelength_angstrom", data=wavelength)
-            fr.create_dataset("beam_direction", data=direction)
-            fr.create_dataset("source_file", data=np.array([fr_[0] for fr_ in frames], dtype=object), dtype=text)
-            fr.create_dataset("source_index", data=source_index)
-        os.replace(tmp, out_path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(exc, InputFileError):
-            sys.exit(f"dxtbx_import.py: {exc}")
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        sys.exit(f"dxtbx_import.py: {current}: {type(exc).__name__}: {exc}")
-    print(f"dxtbx_import.py: {len(frames)} frames x {n_panels} panels of {shape[0]} x {shape[1]} ({format_class}) "
-          f"-> {out_path}")
+                data[k] = photons(imageset, i, detector, adu_per_photon, shape, border_px)
+            except InputFileError:
+                raise
+            except Exception as exc:
+                raise InputFileError(path, f"frame {index_in_file}: {type(exc).__name__}: {exc}") from None
+        fr = f.create_group("frames")
+        fr.create_dataset("wavelength_angstrom", data=wavelength)
+        fr.create_dataset("beam_direction", data=direction)
+        fr.create_dataset("source_file", data=np.array([frame[0] for frame in frames], dtype=object), dtype=text)
+        fr.create_dataset("source_index", data=source_index)
+
+
+def run(args=None):
+    """dxtbx_import.py's command line (``args``, default sys.argv[1:]): read the input files, write the HDF5
+    file. Errors exit with a message naming the input file (or the output where the input is not to blame)."""
+    options = parse_args(args)
+    with sigterm_exits():
+        try:
+            frames = list_frames(options.inputs)
+            table, shape, format_class = panel_layout(frames)
+            write_frames(options.out_path, frames, table, shape, format_class, options.adu_per_photon,
+                         options.untrusted_border_px)
+        except InputFileError as exc:
+            sys.exit(f"{PROG}: {exc}")
+        except Exception as exc:
+            sys.exit(f"{PROG}: {options.out_path}: {type(exc).__name__}: {exc}")
+    print(f"{PROG}: {len(frames)} frames x {len(table['name'])} panels of {shape[0]} x {shape[1]} "
+          f"({format_class}) -> {options.out_path}")
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    run()

@@ -19,10 +19,11 @@ with logged(snakemake.log[0]) as log:
         rate, amplitudes = read_outlier_pixels(i.outliers[0])
         overlay = dataclasses.replace(overlay, outlier_pixels_per_mpx=rate)
         log.info("lone-pixel outliers from %s: %.1f per Mpx, %d amplitudes", i.outliers[0], rate, len(amplitudes))
-    if settings.backend != "numpy":
+    backend = snakemake.config["simulation"]["backend"]  # where it runs, not what it computes: no param
+    if backend != "numpy":
         log.info("GPU claimed for this job: %s", claim_gpu())
     stats = write_matched_shard(snakemake.output[0], info=info, mtz_path=i.mtz, water_table=i.water, beam=beam,
-                                simulation=settings, overlay=overlay, outlier_amplitudes=amplitudes,
+                                simulation=settings, overlay=overlay, outlier_amplitudes=amplitudes, backend=backend,
                                 jet_thickness_m=p.jet_thickness_m, seed=p.seed, dataset=f"matched-{snakemake.wildcards.experiment}",
                                 dataset_index=p.dataset_index, frames=range(*p.frames), structure=p.structure, log=log)
     log.info("wrote %s: %s", snakemake.output[0], stats)

@@ -1,11 +1,14 @@
 from braggflow.gpu import claim_gpu
 from braggflow.logs import logged
+from braggflow.settings import TrainingRun, TrainingSettings
 from braggflow.ml.pipeline import run_energy_distance
 
 with logged(snakemake.log[0]) as log:
-    if snakemake.params.training["device"] != "cpu":
+    cfg = TrainingSettings.from_params(snakemake.params.training)
+    run = TrainingRun.from_job(snakemake.config, snakemake.threads)
+    if run.device != "cpu":
         log.info("GPU claimed for this job: %s", claim_gpu())
     o = snakemake.output
     metrics = run_energy_distance(snakemake.input[0], weights=o.weights, card=o.card, history=o.history,
-                                  cfg=snakemake.params.training, seed=snakemake.params.seed, log=log)
+                                  cfg=cfg, run=run, seed=snakemake.params.seed, log=log)
     log.info("test frames: energy %.3f, camera length %.3f", metrics["energy_accuracy"], metrics["distance_accuracy"])

@@ -9,23 +9,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import layers as L
+
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(inplace=True))
+    return nn.Sequential(L.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True),
+                         L.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(inplace=True))
 
 
 class PeakUNet(nn.Module):
     """Two-level U-Net; input (N, 3, H, W) (``data.network_input``); output logits (N, 1, H, W).
-    Fully convolutional: trained on tiles, run on whole frames (H, W padded to multiples of 4)."""
+    Fully convolutional: trained on tiles, run on whole frames (H, W padded to multiples of 4). Its layers
+    (``layers``) give the same bits on CPU whatever the thread count."""
 
     def __init__(self, base_channels: int = 16):
         super().__init__()
         c = base_channels
         self.enc1, self.enc2, self.mid = _block(3, c), _block(c, 2 * c), _block(2 * c, 4 * c)
-        self.up2, self.dec2 = nn.ConvTranspose2d(4 * c, 2 * c, 2, stride=2), _block(4 * c, 2 * c)
-        self.up1, self.dec1 = nn.ConvTranspose2d(2 * c, c, 2, stride=2), _block(2 * c, c)
-        self.head = nn.Conv2d(c, 1, 1)
+        self.up2, self.dec2 = L.ConvTranspose2d(4 * c, 2 * c, 2, stride=2), _block(4 * c, 2 * c)
+        self.up1, self.dec1 = L.ConvTranspose2d(2 * c, c, 2, stride=2), _block(2 * c, c)
+        self.head = L.Conv2d(c, 1, 1)
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,10 +47,10 @@ class HitClassifier(nn.Module):
         super().__init__()
         c = channels
         self.features = nn.Sequential(
-            nn.Conv2d(2, c, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(inplace=True))
-        self.head = nn.Linear(4 * c, 1)
+            L.Conv2d(2, c, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            L.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            L.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(inplace=True))
+        self.head = L.Linear(4 * c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
@@ -68,11 +71,11 @@ class EnergyDistanceNet(nn.Module):
         self.register_buffer("mean", torch.zeros(2 * sectors, radial_bins))
         self.register_buffer("std", torch.ones(2 * sectors, radial_bins))
         self.features = nn.Sequential(
-            nn.Conv1d(2 * sectors, c, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool1d(2),
-            nn.Conv1d(c, 2 * c, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool1d(2))
+            L.Conv1d(2 * sectors, c, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool1d(2),
+            L.Conv1d(c, 2 * c, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool1d(2))
         flat = 2 * c * (radial_bins // 4)
-        self.trunk = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(flat, 64), nn.ReLU(inplace=True))
-        self.energy_head, self.distance_head = nn.Linear(64, n_energies), nn.Linear(64, n_distances)
+        self.trunk = nn.Sequential(nn.Flatten(), L.Dropout(0.2), L.Linear(flat, 64), nn.ReLU(inplace=True))
+        self.energy_head, self.distance_head = L.Linear(64, n_energies), L.Linear(64, n_distances)
 
     @staticmethod
     def inputs(x: torch.Tensor) -> torch.Tensor:

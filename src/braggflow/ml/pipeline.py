@@ -12,13 +12,18 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_path, write_text_atomic
+from ..settings import TrainingRun, TrainingSettings
 from . import data as D
 from .cards import model_card, read_card, write_card
+from .determinism import kernel_settings, pin_cpu_kernels
+
+# Before anything imports torch: the same CPU kernels on every AVX2 machine (determinism.pin_cpu_kernels).
+pin_cpu_kernels()
 
 
-def _split(paths: Sequence[str | Path], cfg: dict[str, Any], seed: int) -> dict[str, list[D.FrameRef]]:
+def _split(paths: Sequence[str | Path], cfg: TrainingSettings, seed: int) -> dict[str, list[D.FrameRef]]:
     refs = D.index_shards(paths)
-    splits = D.split_frames(refs, seed, cfg["validation_fraction"], cfg["test_fraction"])
+    splits = D.split_frames(refs, seed, cfg.validation_fraction, cfg.test_fraction)
     if not splits["train"]:
         raise ValueError(f"no training frames in {[str(p) for p in paths]}: config key "
                          "'simulation.frames_per_dataset' must give at least 3 frames per dataset")
@@ -38,21 +43,21 @@ def _json(path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
 
 
-def _setup(cfg: dict[str, Any]):
+def _setup(run: TrainingRun):
     import torch
 
     from .train import torch_device
 
-    torch.set_num_threads(int(cfg["threads"]))
-    return torch_device(cfg["device"])
+    torch.set_num_threads(run.threads)
+    return torch_device(run.device)
 
 
 def run_peak_finder(shards: Sequence[str], *, weights: str, card: str, history: str, spots: str,
-                    cfg: dict[str, Any], seed: int, log=None) -> dict:
+                    cfg: TrainingSettings, run: TrainingRun, seed: int, log=None) -> dict:
     from .models import save_weights
     from .train import cnn_spots, score_spots, train_peak_finder, tune_cnn_spots
 
-    device = _setup(cfg)
+    device = _setup(run)
     splits = _split(shards, cfg, seed)
     model, result = train_peak_finder(splits, cfg, seed, device, log)
     save_weights(model, weights)
@@ -65,13 +70,13 @@ def run_peak_finder(shards: Sequence[str], *, weights: str, card: str, history: 
     found = [(r, cnn_spots(model, D.read_counts_only(r), device, post["threshold"], post["min_spot_px"]))
              for r in splits["test"]]
     seconds = time.perf_counter() - t0
-    scores, rows = score_spots(found, cfg["match_radius_px"], cfg["peak_finder"]["score_min_photons"])
+    scores, rows = score_spots(found, cfg.match_radius_px, cfg.peak_finder.score_min_photons)
     _json(spots, {"per_frame": rows, "spots": {f"{r.dataset}/{r.frame_index}": s.round(3).tolist()
                                               for r, s in found}})
     metrics = {"test": scores, "best_validation_loss": min(h["validation_loss"] for h in result.history),
                "spot_extraction": post, "tuning_grid": grid,
                "inference_seconds_per_frame": seconds / max(len(found), 1)}
-    _write_card(card, "peak_finder", "PeakUNet", {"base_channels": cfg["peak_finder"]["base_channels"]}, splits,
+    _write_card(card, "peak_finder", "PeakUNet", {"base_channels": cfg.peak_finder.base_channels}, splits,
                 shards, weights, metrics, result, cfg, seed, frames_per_epoch=len(splits["train"]))
     return scores
 
@@ -90,42 +95,43 @@ def _write_card_split(card, name, arch, arguments, datasets, split, inputs, weig
     epochs = len(result.history)
     training = {"seconds": result.seconds, "epochs_run": epochs, "best_epoch": result.best_epoch,
                 "samples_seen": result.samples_seen,
-                "frames_per_second": frames_per_epoch * epochs / max(result.seconds, 1e-9), **result.extra}
+                "frames_per_second": frames_per_epoch * epochs / max(result.seconds, 1e-9), **result.extra,
+                "cpu_kernels": kernel_settings()}
     write_card(card, model_card(model=name, architecture=arch, arguments=arguments, datasets=datasets,
                                 config_hash=config_hash(cfg, seed), inputs=inputs, weights_path=weights,
                                 split=split, metrics=metrics, training=training,
                                 device=result.device))
 
 
-def run_hit_classifier(shards: Sequence[str], *, weights: str, card: str, history: str, cfg: dict[str, Any],
-                       seed: int, log=None) -> dict:
+def run_hit_classifier(shards: Sequence[str], *, weights: str, card: str, history: str, cfg: TrainingSettings,
+                       run: TrainingRun, seed: int, log=None) -> dict:
     from .models import save_weights
     from .train import train_hit_classifier
 
-    device = _setup(cfg)
+    device = _setup(run)
     splits = _split(shards, cfg, seed)
     model, result, metrics = train_hit_classifier(splits, cfg, seed, device, log)
     save_weights(model, weights)
     _write_history(history, result.history)
-    _write_card(card, "hit_classifier", "HitClassifier", {"channels": cfg["hit_classifier"]["channels"]}, splits,
+    _write_card(card, "hit_classifier", "HitClassifier", {"channels": cfg.hit_classifier.channels}, splits,
                 shards, weights, {"test": metrics}, result, cfg, seed, frames_per_epoch=len(splits["train"]))
     return metrics
 
 
 def write_profiles(path: str, shards: Sequence[str], *, energies_kev: Sequence[float],
-                   distances_m: Sequence[float], cfg: dict[str, Any], seed: int, log=None) -> dict:
+                   distances_m: Sequence[float], cfg: TrainingSettings, seed: int, log=None) -> dict:
     """Polar profiles (for the CNN) and azimuthal averages (for the baseline) of every frame, with class labels
     and the split: what both energy / camera-length models train and are scored on (HDF5, a few kB per frame)."""
     import h5py
 
     from .train import profile_features
 
-    e = cfg["energy_distance"]
+    e = cfg.energy_distance
     splits = _split(shards, cfg, seed)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for s in D.SPLITS:
             t0 = time.perf_counter()
-            ps = profile_features(splits[s], energies_kev, distances_m, e["radial_bins"], e["sectors"])
+            ps = profile_features(splits[s], energies_kev, distances_m, e.radial_bins, e.sectors)
             g = f.create_group(s)
             g["polar"], g["profile"], g["energy"], g["distance"] = ps.polar, ps.profile, ps.energy, ps.distance
             g["frame"] = np.array([f"{r.dataset}/{r.frame_index}" for r in splits[s]], dtype=h5py.string_dtype())
@@ -150,22 +156,22 @@ def read_profiles(path: str):
     return sets, split, classes
 
 
-def run_energy_distance(profiles: str, *, weights: str, card: str, history: str, cfg: dict[str, Any], seed: int,
-                        log=None) -> dict:
+def run_energy_distance(profiles: str, *, weights: str, card: str, history: str, cfg: TrainingSettings,
+                        run: TrainingRun, seed: int, log=None) -> dict:
     from .models import save_weights
     from .train import train_energy_distance
 
-    device = _setup(cfg)
+    device = _setup(run)
     sets, split, classes = read_profiles(profiles)
     n_e, n_d = len(classes["energies_kev"]), len(classes["camera_lengths_m"])
     model, result, metrics = train_energy_distance(sets, n_e, n_d, cfg, seed, device, log)
     save_weights(model, weights)
     _write_history(history, result.history)
-    e = cfg["energy_distance"]
+    e = cfg.energy_distance
     datasets = sorted({k.split("/")[0] for v in split.values() for k in v})
     _write_card_split(card, "energy_distance", "EnergyDistanceNet",
-                      {"sectors": e["sectors"], "radial_bins": e["radial_bins"], "n_energies": n_e, "n_distances": n_d,
-                       "channels": e["channels"]}, datasets, split, [profiles], weights,
+                      {"sectors": e.sectors, "radial_bins": e.radial_bins, "n_energies": n_e, "n_distances": n_d,
+                       "channels": e.channels}, datasets, split, [profiles], weights,
                       {"test": metrics, "classes": classes}, result, cfg, seed, len(split["train"]))
     return metrics
 
@@ -181,7 +187,7 @@ def run_baseline_energy_distance(profiles: str, *, out: str, seed: int) -> dict:
     return metrics
 
 
-def run_baseline_peaks(shards: Sequence[str], *, out: str, cfg: dict[str, Any], seed: int, log=None) -> dict:
+def run_baseline_peaks(shards: Sequence[str], *, out: str, cfg: TrainingSettings, seed: int, log=None) -> dict:
     from .train import baseline_peak_finding
 
     result = baseline_peak_finding(_split(shards, cfg, seed), cfg, log)
@@ -241,7 +247,7 @@ def plot_learning_curves_of(path: str, histories: dict[str, str], title: str) ->
     plot_learning_curves(path, {k: pd.read_csv(v, sep="\t") for k, v in histories.items()}, title)
 
 
-def plot_peak_examples(path: str, shards: Sequence[str], cnn_spots: str, baseline: str, cfg: dict[str, Any],
+def plot_peak_examples(path: str, shards: Sequence[str], cnn_spots: str, baseline: str, cfg: TrainingSettings,
                        seed: int, n_frames: int, title: str) -> None:
     """The first test hits (then blanks) with truth, CNN and baseline spots; reads only the frames it draws."""
     from .plots import plot_example_frames

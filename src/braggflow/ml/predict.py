@@ -18,6 +18,7 @@ import numpy as np
 
 from ..io import atomic_path
 from ..panels import read_frame_photons, read_frames_info
+from ..settings import TrainingRun, TrainingSettings
 from .cards import read_card
 
 KINDS = ("peak_finder", "hit_classifier", "energy_distance")
@@ -31,15 +32,15 @@ def load_model(card_path: str | Path, weights_path: str | Path, device):
 
 
 def predict_file(frames_path: str | Path, card_path: str | Path, weights_path: str | Path, out: str | Path, *,
-                 training: dict[str, Any], log=None) -> dict[str, Any]:
-    """``training``: the config's training block (device, threads, the hit classifier's binning)."""
+                 training: TrainingSettings, run: TrainingRun, log=None) -> dict[str, Any]:
+    """``training``: the hit classifier's binning; ``run``: device and threads."""
     import torch
 
     from .data import binned_frame, polar_profile
     from .train import predict_probability, torch_device
 
-    torch.set_num_threads(int(training["threads"]))
-    device = torch_device(training["device"])
+    torch.set_num_threads(run.threads)
+    device = torch_device(run.device)
     info = read_frames_info(frames_path)
     card, model = load_model(card_path, weights_path, device)
     kind = card["model"]
@@ -64,7 +65,7 @@ def predict_file(frames_path: str | Path, card_path: str | Path, weights_path: s
         post = card["metrics"]["spot_extraction"]
         attrs = {"threshold": float(post["threshold"]), "min_spot_px": int(post["min_spot_px"])}
     elif kind == "hit_classifier":
-        bin_px = int(training["hit_classifier"]["bin_px"])
+        bin_px = int(training.hit_classifier.bin_px)
         pred = np.empty(n, np.float32)
         with torch.no_grad():
             for i in range(n):

@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..settings import TrainingSettings
 from . import data as D
-from .baselines import (DispersionSettings, find_spots, fit_profile_classifier, tune_dispersion,
-                        tune_hit_threshold)
+from .determinism import one_thread
+from .baselines import (DispersionSettings, find_spots, fit_profile_classifier, spots_from_probability,
+                        tune_dispersion, tune_hit_threshold)
 from .metrics import PeakCounts, accuracy, confusion_matrix, frame_peak_counts, peak_scores, select_setting
 from .models import EnergyDistanceNet, HitClassifier, PeakUNet
 
@@ -40,9 +42,10 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def config_hash(section: dict[str, Any], seed: int) -> str:
-    """sha256 of the canonical JSON of (seed, the training config): what makes the weights."""
-    return hashlib.sha256(json.dumps({"seed": seed, "training": section}, sort_keys=True).encode()).hexdigest()
+def config_hash(settings: TrainingSettings, seed: int) -> str:
+    """sha256 of the canonical JSON of (seed, the training settings the job recorded): what makes the weights."""
+    blob = json.dumps({"seed": seed, "training": settings.params()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def torch_device(name: str) -> torch.device:
@@ -55,6 +58,12 @@ def torch_device(name: str) -> torch.device:
 
 def _to(device, *arrays):
     return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
+
+
+def _loss_threads(device: torch.device):
+    """The loss on one thread on CPU: a mean over a batch of tiles is summed in thread-sized chunks otherwise, and
+    its last bit (the history, the learning-rate schedule, early stopping) would depend on the thread count."""
+    return one_thread() if device.type == "cpu" else contextlib.nullcontext()
 
 
 def fit(model: nn.Module, train_batches: Callable[[int], Iterable[tuple]], val_batches: Sequence[tuple],
@@ -75,7 +84,9 @@ def fit(model: nn.Module, train_batches: Callable[[int], Iterable[tuple]], val_b
         for batch in train_batches(epoch):
             x, *targets = _to(device, *batch)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                loss = loss_fn(model(x), *targets)
+                out = model(x)
+                with _loss_threads(device):
+                    loss = loss_fn(out, *targets)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)
@@ -105,7 +116,10 @@ def evaluate_loss(model: nn.Module, batches: Sequence[tuple], loss_fn: Callable,
     total, n = 0.0, 0
     for batch in batches:
         x, *targets = _to(device, *batch)
-        total, n = total + float(loss_fn(model(x), *targets)) * len(x), n + len(x)
+        out = model(x)
+        with _loss_threads(device):
+            loss = float(loss_fn(out, *targets))
+        total, n = total + loss * len(x), n + len(x)
     return total / max(n, 1)
 
 
@@ -140,37 +154,30 @@ def predict_probability(model: nn.Module, counts: np.ndarray, device: torch.devi
     return out[:ny, :nx]
 
 
-def spots_from_probability(prob: np.ndarray, counts: np.ndarray, threshold: float, min_spot_px: int) -> np.ndarray:
-    """Connected regions of probability > threshold, centroids weighted by counts (DIALS continuous px)."""
-    from .baselines import spots_from_mask
-
-    return spots_from_mask((prob > threshold) & (counts >= 0), counts, min_spot_px)
-
-
 def cnn_spots(model: nn.Module, counts: np.ndarray, device: torch.device, threshold: float,
               min_spot_px: int) -> np.ndarray:
     return spots_from_probability(predict_probability(model, counts, device), counts, threshold, min_spot_px)
 
 
-def tune_cnn_spots(model: nn.Module, refs: Sequence[D.FrameRef], cfg: dict[str, Any],
+def tune_cnn_spots(model: nn.Module, refs: Sequence[D.FrameRef], cfg: TrainingSettings,
                    device: torch.device) -> tuple[dict[str, float], list[dict]]:
     """Probability threshold and minimum spot size maximising F1 on the validation frames, or the most precise
     reaching peak_finder.tune_min_recall (as the baseline's thresholds are tuned on frames it is not scored on)."""
-    p = cfg["peak_finder"]
+    p = cfg.peak_finder
     frames = []
-    for r in refs[: cfg["baseline"]["max_tuning_frames"]]:
+    for r in refs[: cfg.baseline.max_tuning_frames]:
         counts = D.read_counts_only(r)
         frames.append((predict_probability(model, counts, device), counts,
-                       *truth_xy(r, cfg["match_radius_px"], p["score_min_photons"])))
+                       *truth_xy(r, cfg.match_radius_px, p.score_min_photons)))
     grid = []
-    for thr in p["threshold_grid"]:
-        for min_px in p["min_spot_px_grid"]:
+    for thr in p.threshold_grid:
+        for min_px in p.min_spot_px_grid:
             total = PeakCounts()
             for prob, counts, vis, other, unlisted in frames:
                 total.add(frame_peak_counts(spots_from_probability(prob, counts, thr, min_px), vis,
-                                            cfg["match_radius_px"], other, unlisted))
+                                            cfg.match_radius_px, other, unlisted))
             grid.append({"threshold": float(thr), "min_spot_px": int(min_px), **peak_scores(total)})
-    best = select_setting(grid, p["tune_min_recall"], lambda g: (-abs(g["threshold"] - 0.5), -g["min_spot_px"]))
+    best = select_setting(grid, p.tune_min_recall, lambda g: (-abs(g["threshold"] - 0.5), -g["min_spot_px"]))
     return {"threshold": best["threshold"], "min_spot_px": best["min_spot_px"]}, grid
 
 
@@ -201,24 +208,24 @@ def score_spots(per_frame: Sequence[tuple[D.FrameRef, np.ndarray]], radius_px: f
     return peak_scores(total), rows
 
 
-def train_peak_finder(refs: dict[str, list[D.FrameRef]], cfg: dict[str, Any], seed: int, device: torch.device,
+def train_peak_finder(refs: dict[str, list[D.FrameRef]], cfg: TrainingSettings, seed: int, device: torch.device,
                       log=None) -> tuple[PeakUNet, FitResult]:
-    p = cfg["peak_finder"]
-    tile, per_frame = p["tile_px"], p["tiles_per_frame"]
+    p = cfg.peak_finder
+    tile, per_frame = p.tile_px, p.tiles_per_frame
     with seeded(seed):
-        model = PeakUNet(p["base_channels"])
+        model = PeakUNet(p.base_channels)
         # Fixed validation tiles (small: tiles_per_frame crops per validation frame) and the label fraction of
         # the training tiles, from one pass over the training frames.
         val = list(D.iter_tile_batches(refs["validation"], seed=seed, epoch=VALIDATION_EPOCH,
                                        tiles_per_frame=per_frame, tile_px=tile, shuffle=False,
-                                       target=p["target"]))
+                                       target=p.target))
         pos = tot = 0.0
         for _, y in D.iter_tile_batches(refs["train"], seed=seed, epoch=0, tiles_per_frame=per_frame, tile_px=tile,
-                                        target=p["target"]):
+                                        target=p.target):
             pos, tot = pos + float(y.sum()), tot + y.size
         # (neg / pos)^power: power 1 balances the classes, 0.5 weights peaks up without flooding the
         # probability map with false positives.
-        pos_weight = float(((tot - pos) / max(pos, 1.0)) ** p["pos_weight_power"])
+        pos_weight = float(((tot - pos) / max(pos, 1.0)) ** p.pos_weight_power)
         weight = torch.tensor(pos_weight, device=device)
 
         def loss_fn(logits, y):
@@ -226,10 +233,10 @@ def train_peak_finder(refs: dict[str, list[D.FrameRef]], cfg: dict[str, Any], se
 
         def batches(epoch):
             return D.iter_tile_batches(refs["train"], seed=seed, epoch=epoch, tiles_per_frame=per_frame,
-                                       tile_px=tile, batch_size=p["batch_size"], target=p["target"])
+                                       tile_px=tile, batch_size=p.batch_size, target=p.target)
 
-        result = fit(model, batches, val, loss_fn, epochs=p["epochs"], learning_rate=p["learning_rate"],
-                     patience=p["patience"], device=device, log=log)
+        result = fit(model, batches, val, loss_fn, epochs=p.epochs, learning_rate=p.learning_rate,
+                     patience=p.patience, device=device, log=log)
     result.extra["pos_weight"] = pos_weight
     result.extra["label_fraction_in_tiles"] = pos / max(tot, 1.0)
     return model.cpu(), result
@@ -243,10 +250,10 @@ def binned_features(refs: Sequence[D.FrameRef], bin_px: int) -> tuple[np.ndarray
     return x.astype(np.float32), np.array([r.hit for r in refs], np.float32)
 
 
-def train_hit_classifier(refs: dict[str, list[D.FrameRef]], cfg: dict[str, Any], seed: int, device: torch.device,
+def train_hit_classifier(refs: dict[str, list[D.FrameRef]], cfg: TrainingSettings, seed: int, device: torch.device,
                          log=None) -> tuple[HitClassifier, FitResult, dict]:
-    h = cfg["hit_classifier"]
-    xs = {s: binned_features(refs[s], h["bin_px"]) for s in D.SPLITS}
+    h = cfg.hit_classifier
+    xs = {s: binned_features(refs[s], h.bin_px) for s in D.SPLITS}
     x_train, y_train = xs["train"]
     n_pos = float(y_train.sum())
     pos_weight = (len(y_train) - n_pos) / n_pos if 0 < n_pos < len(y_train) else 1.0
@@ -258,8 +265,8 @@ def train_hit_classifier(refs: dict[str, list[D.FrameRef]], cfg: dict[str, Any],
     def batches(epoch):
         rng = np.random.default_rng(np.random.SeedSequence([seed, D.TILE_STREAM, 0x417, epoch]))
         order = rng.permutation(len(y_train))
-        for i in range(0, len(order), h["batch_size"]):
-            idx = order[i:i + h["batch_size"]]
+        for i in range(0, len(order), h.batch_size):
+            idx = order[i:i + h.batch_size]
             x = x_train[idx]
             # Flips: a hit is a hit whichever way the detector is read; the model must not learn spot positions.
             if rng.random() < 0.5:
@@ -269,10 +276,10 @@ def train_hit_classifier(refs: dict[str, list[D.FrameRef]], cfg: dict[str, Any],
             yield x.copy(), y_train[idx]
 
     with seeded(seed):
-        model = HitClassifier(h["channels"])
+        model = HitClassifier(h.channels)
         val = [xs["validation"]] if len(xs["validation"][1]) else []
-        result = fit(model, batches, val, loss_fn, epochs=h["epochs"], learning_rate=h["learning_rate"],
-                     patience=h["patience"], device=device, log=log)
+        result = fit(model, batches, val, loss_fn, epochs=h.epochs, learning_rate=h.learning_rate,
+                     patience=h.patience, device=device, log=log)
     model = model.cpu().eval()
     x_test, y_test = xs["test"]
     with torch.no_grad():
@@ -326,9 +333,9 @@ def classification_metrics(pred_e, pred_d, sets: ProfileSet, n_e: int, n_d: int)
             "distance_confusion": confusion_matrix(pred_d, sets.distance, n_d), "n_test_frames": int(len(sets.energy))}
 
 
-def train_energy_distance(sets: dict[str, ProfileSet], n_energies: int, n_distances: int, cfg: dict[str, Any],
+def train_energy_distance(sets: dict[str, ProfileSet], n_energies: int, n_distances: int, cfg: TrainingSettings,
                           seed: int, device: torch.device, log=None) -> tuple[EnergyDistanceNet, FitResult, dict]:
-    e = cfg["energy_distance"]
+    e = cfg.energy_distance
     tr = sets["train"]
     ce = nn.CrossEntropyLoss()
 
@@ -338,17 +345,17 @@ def train_energy_distance(sets: dict[str, ProfileSet], n_energies: int, n_distan
     def batches(epoch):
         rng = np.random.default_rng(np.random.SeedSequence([seed, D.TILE_STREAM, 0xED, epoch]))
         order = rng.permutation(len(tr.energy))
-        for i in range(0, len(order), e["batch_size"]):
-            idx = order[i:i + e["batch_size"]]
+        for i in range(0, len(order), e.batch_size):
+            idx = order[i:i + e.batch_size]
             yield tr.polar[idx], tr.energy[idx], tr.distance[idx]
 
     with seeded(seed):
-        model = EnergyDistanceNet(e["sectors"], e["radial_bins"], n_energies, n_distances, e["channels"])
+        model = EnergyDistanceNet(e.sectors, e.radial_bins, n_energies, n_distances, e.channels)
         model.set_standardisation(torch.from_numpy(tr.polar))
         va = sets["validation"]
         val = [(va.polar, va.energy, va.distance)] if len(va.energy) else []
-        result = fit(model, batches, val, loss_fn, epochs=e["epochs"], learning_rate=e["learning_rate"],
-                     patience=e["patience"], device=device, weight_decay=1e-4, log=log)
+        result = fit(model, batches, val, loss_fn, epochs=e.epochs, learning_rate=e.learning_rate,
+                     patience=e.patience, device=device, weight_decay=1e-4, log=log)
     model = model.cpu().eval()
     te = sets["test"]
     with torch.no_grad():
@@ -371,17 +378,17 @@ def baseline_energy_distance(sets: dict[str, ProfileSet], n_energies: int, n_dis
 
 # ---------------------------------------------------------------- conventional peak finding
 
-def baseline_peak_finding(refs: dict[str, list[D.FrameRef]], cfg: dict[str, Any], log=None) -> dict:
+def baseline_peak_finding(refs: dict[str, list[D.FrameRef]], cfg: TrainingSettings, log=None) -> dict:
     """Dispersion spot finder, tuned (sigma_strong, min spot size, hit threshold) on the train + validation
     frames, then scored on the test frames; hit = at least hit_min_spots spots."""
-    b, radius = cfg["baseline"], cfg["match_radius_px"]
-    min_photons = cfg["peak_finder"]["score_min_photons"]  # the CNN's reference and rule: both are tuned alike
-    base = DispersionSettings(b["kernel_half_px"], b["sigma_background"], 3.0, b["min_local"], 2)
+    b, radius = cfg.baseline, cfg.match_radius_px
+    min_photons = cfg.peak_finder.score_min_photons  # the CNN's reference and rule: both are tuned alike
+    base = DispersionSettings(b.kernel_half_px, b.sigma_background, 3.0, b.min_local, 2)
     tune_refs = refs["train"] + refs["validation"]
     frames = [(D.read_counts_only(r), *truth_xy(r, radius, min_photons))
-              for r in tune_refs[: b["max_tuning_frames"]]]
-    settings, grid = tune_dispersion(frames, base, b["sigma_strong_grid"], b["min_spot_px_grid"], radius,
-                                     cfg["peak_finder"]["tune_min_recall"])
+              for r in tune_refs[: b.max_tuning_frames]]
+    settings, grid = tune_dispersion(frames, base, b.sigma_strong_grid, b.min_spot_px_grid, radius,
+                                     cfg.peak_finder.tune_min_recall)
     del frames
     n_tune = [len(find_spots(D.read_counts_only(r), settings)) for r in tune_refs]
     hit_min = tune_hit_threshold(n_tune, [r.hit for r in tune_refs])

@@ -1,0 +1,229 @@
+"""The truth table of a still: the reflections predicted on the detector (centroid of the lattice transform's peak
+on each Ewald sphere), their photons in the simulated image, and the cut on peak fraction or own photons."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .backend import default_block_pixels, to_numpy
+from .derived import _Setup, _make_setup
+from .detector import FlatDetector
+from .image import simulate_still
+from .kernels import _ROUND_NORM, _block_rows, _pixel_centres
+from .sf_table import StructureFactorTable
+from .still import INCIDENT_UNIT, Still
+
+
+@dataclass(frozen=True)
+class TruthTable:
+    """Reflections of one simulated frame (host NumPy arrays, one row per reflection).
+
+    x_px / y_px: DIALS continuous (fast, slow) pixel coordinates of the predicted spot centre;
+    photons: expected photons summed over the spot's pixels (pixels whose pixel-centre reference
+    sample is nearest to this hkl); peak_fraction: max over sources/domains of F_latt^2 at the
+    best point of that Ewald sphere / F_latt^2(0).
+    """
+
+    hkl: np.ndarray
+    d_A: np.ndarray
+    x_px: np.ndarray
+    y_px: np.ndarray
+    photons: np.ndarray
+    peak_fraction: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.hkl.shape[0])
+
+
+def _lattice_sq_np(dhkl: np.ndarray, st: _Setup) -> np.ndarray:
+    """Host float64 F_latt^2 for offsets dhkl (...,3) (|offsets| <= 1/2)."""
+    na, nb, nc = st.ncells
+    d = dhkl
+    if st.shape == "square":
+        out = np.ones(d.shape[:-1])
+        for c, n in enumerate((na, nb, nc)):
+            if n > 1:
+                x = np.pi * d[..., c]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    r = np.where(x == 0, n, np.sin(n * x) / np.sin(x))
+                out *= r * r
+        return out
+    nnn = na * nb * nc
+    if st.shape == "round":
+        u = np.pi * np.sqrt(st.fudge * ((d[..., 0] * na) ** 2 + (d[..., 1] * nb) ** 2 + (d[..., 2] * nc) ** 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s3 = np.where(u < 1e-4, 1.0 - u * u / 10, 3 * (np.sin(u) - u * np.cos(u)) / u ** 3)
+        return (nnn * _ROUND_NORM * s3) ** 2
+    rad = np.einsum("...i,ij,...j->...", d, st.metric, d) * nnn * nnn * st.fudge
+    if st.shape == "gauss":
+        return (nnn * np.exp(-rad / 0.63)) ** 2
+    return np.where(rad < 0.3969, nnn * nnn, 0.0)
+
+
+def _profile_metric(st: _Setup, m: int) -> np.ndarray:
+    """Quadratic form P (lab, Angstrom^2) of -ln(F_latt^2/F_latt^2(0)) near a node (Gaussian approx.)."""
+    na, nb, nc = st.ncells
+    rs = st.m_dom[m]  # rows: real-space axes of domain m
+    if st.shape == "square":
+        c = [max((n * n - 1.0) * math.pi ** 2 / 3.0, 1e-3) for n in (na, nb, nc)]
+    elif st.shape == "round":
+        c = [math.pi ** 2 * st.fudge * n * n / 5.0 for n in (na, nb, nc)]
+    else:  # gauss / tophat: isotropic in the lab frame
+        return np.eye(3)
+    return sum(ci * np.outer(r, r) for ci, r in zip(c, rs))
+
+
+def _candidate_hkl(st: _Setup) -> np.ndarray:
+    """hkl within the detector's resolution whose reciprocal cell can touch any Ewald sphere used."""
+    det = st.detector
+    corners = np.array([[0, 0], [det.n_fast, 0], [0, det.n_slow], [det.n_fast, det.n_slow]], dtype=float)
+    pos = (np.asarray(det.origin_mm)[None] + corners[:, :1] * det.pixel_size_mm * np.asarray(det.fast_axis)
+           + corners[:, 1:] * det.pixel_size_mm * np.asarray(det.slow_axis))
+    d = pos / np.linalg.norm(pos, axis=1, keepdims=True)
+    # on a flat rectangle in front of the sample the largest 2theta is at a corner (the cone of
+    # directions within a given angle of the beam cuts the plane in a convex set)
+    cos2t = np.clip(d @ INCIDENT_UNIT, -1, 1)
+    smax = np.sqrt(max(2.0 - 2.0 * float(cos2t.min()), 0.0)) if cos2t.min() > 0 else 2.0
+    kmin, kmax = float(st.kappa.min()), float(st.kappa.max())
+    qmax = (smax + 0.05) * kmax * (1 + st.eps_rot) + 1e-6
+    cell_reach = 0.5 * float(np.linalg.norm(st.A, axis=0).sum())  # node to the far corner of its cell
+    lim = np.ceil(np.linalg.norm(st.real_space, axis=1) * qmax).astype(int)
+    kk, ll = np.meshgrid(np.arange(-lim[1], lim[1] + 1), np.arange(-lim[2], lim[2] + 1), indexing="ij")
+    kk, ll = kk.ravel(), ll.ravel()
+    out = []
+    for h in range(-lim[0], lim[0] + 1):  # one h-slice at a time keeps memory small for big cells
+        hkl = np.stack([np.full(kk.size, h), kk, ll], axis=1)
+        r = hkl @ st.A.T
+        q = np.linalg.norm(r, axis=1)
+        # distance of the node to the nearest sphere |r + kappa s0_hat| = kappa, kappa in [kmin, kmax]
+        # (|r + kappa s0_hat| - kappa decreases with kappa, zero at the node's Bragg kappa)
+        rs = r @ INCIDENT_UNIT
+        dist = np.minimum(np.abs(np.linalg.norm(r + kmin * INCIDENT_UNIT, axis=1) - kmin),
+                          np.abs(np.linalg.norm(r + kmax * INCIDENT_UNIT, axis=1) - kmax))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k_bragg = np.where(rs < 0, -q * q / (2 * rs), np.inf)
+        dist = np.where((k_bragg >= kmin) & (k_bragg <= kmax), 0.0, dist)
+        keep = (q > 0) & (q <= qmax) & (dist <= cell_reach + st.eps_rot * q + 1e-9)
+        out.append(hkl[keep])
+    return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
+
+
+def _reference_node_ids(st: _Setup, hkl_lo: np.ndarray, dims: np.ndarray, block_pixels: int) -> np.ndarray:
+    """Per pixel (flat), linear id of the nearest node of the pixel-centre reference sample within the
+    box [hkl_lo, hkl_lo + dims), -1 outside (host int64)."""
+    xp = st.xp
+    det = st.detector
+    out = np.empty(det.n_fast * det.n_slow, dtype=np.int64)
+    rows = _block_rows(st, block_pixels)
+    for j0 in range(0, det.n_slow, rows):
+        j1 = min(j0 + rows, det.n_slow)
+        hkl = _pixel_centres(st, j0, j1)[3]
+        ids = None
+        inside = None
+        for c in range(3):
+            rel = (xp.ceil(hkl[c] - 0.5) - float(hkl_lo[c])).astype(xp.int64)
+            ok = (rel >= 0) & (rel < int(dims[c]))
+            inside = ok if inside is None else inside & ok
+            ids = rel if ids is None else ids * int(dims[c]) + rel
+        out[j0 * det.n_fast:j1 * det.n_fast] = to_numpy(xp.where(inside, ids, -1)).ravel()
+    return out
+
+
+def truth_reflections(
+    still: Still,
+    detector: FlatDetector,
+    structure_factors: StructureFactorTable,
+    *,
+    image: Any | None = None,
+    min_peak_fraction: float = 1e-3,
+    min_photons: float = 1.0,
+    xp: ModuleType | None = None,
+    block_pixels: int | None = None,
+) -> TruthTable:
+    """Truth table of ``still``: reflections predicted on the detector with peak_fraction >= min_peak_fraction or
+    at least min_photons expected photons in their spot. ``image``: the frame from simulate_still of the same still
+    on the same detector (simulated here, with simulate_still's defaults, when None).
+
+    Position: for each source s and domain m, the point of that Ewald sphere where the lattice
+    transform of the node peaks (the node moved along the sphere normal, through the profile's
+    quadratic metric; for isotropic profiles the ray s0 + r), projected onto the detector; the spot
+    centre is the mean of those points weighted by w_s * F_latt^2 there (the spot's centroid).
+    """
+    xp = np if xp is None else xp
+    st = _make_setup(still, detector, structure_factors, xp)
+    if block_pixels is None:
+        block_pixels = default_block_pixels(xp)
+    if image is None:
+        image = simulate_still(still, detector, structure_factors, xp=xp, block_pixels=block_pixels)
+    img = to_numpy(image).reshape(-1)
+    if img.size != detector.n_fast * detector.n_slow:
+        raise ValueError(f"image has {img.size} pixels, detector has {detector.n_fast * detector.n_slow}")
+
+    hkl = _candidate_hkl(st)
+    peak0 = _lattice_sq_np(np.zeros((1, 3)), st)[0]
+    sum_w = np.zeros(len(hkl))
+    sum_x = np.zeros(len(hkl))
+    sum_y = np.zeros(len(hkl))
+    best = np.zeros(len(hkl))
+    s0_hat = INCIDENT_UNIT
+    for m in range(st.m_dom.shape[0]):
+        r = hkl @ (st.umats[m] @ st.A).T  # lab reciprocal vectors r = U_m A hkl
+        pinv = np.linalg.inv(_profile_metric(st, m))
+        for s, kap in enumerate(st.kappa):
+            c = r + kap * s0_hat  # s0 + r: from the sphere centre (-s0) to the node
+            cn = np.linalg.norm(c, axis=1)
+            n = c / cn[:, None]
+            eps = kap - cn  # move along n by eps to reach the sphere
+            pn = n @ pinv  # P^-1 n (P symmetric)
+            t = (eps / np.einsum("ij,ij->i", n, pn))[:, None] * pn  # argmin t^T P t with n.t = eps
+            s1 = c + t
+            s1 /= np.linalg.norm(s1, axis=1, keepdims=True)
+            dfrac = (s1 * kap - kap * s0_hat - r) @ st.m_dom[m].T  # (h,k,l) offset at that point
+            frac = _lattice_sq_np(dfrac, st) / peak0
+            x, y, fwd = detector.ray_to_px(s1)
+            wgt = np.where(fwd, st.weights[s] * frac, 0.0)
+            sum_w += wgt
+            sum_x += wgt * np.nan_to_num(x)
+            sum_y += wgt * np.nan_to_num(y)
+            best = np.maximum(best, np.where(fwd, frac, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x_px = sum_x / sum_w
+        y_px = sum_y / sum_w
+    on_detector = ((sum_w > 0) & (x_px >= 0) & (x_px < detector.n_fast) & (y_px >= 0) & (y_px < detector.n_slow))
+    hkl, x_px, y_px, best = hkl[on_detector], x_px[on_detector], y_px[on_detector], best[on_detector]
+    photons = np.zeros(len(hkl))
+    if len(hkl):
+        lo = hkl.min(axis=0)
+        dims = hkl.max(axis=0) - lo + 1
+        ids = _reference_node_ids(st, lo, dims, block_pixels)
+        rel = hkl - lo
+        table_ids = (rel[:, 0] * dims[1] + rel[:, 1]) * dims[2] + rel[:, 2]
+        order = np.argsort(table_ids)
+        sorted_ids = table_ids[order]
+        pos = np.searchsorted(sorted_ids, ids)
+        pos_c = np.minimum(pos, len(sorted_ids) - 1)
+        hit = (ids >= 0) & (sorted_ids[pos_c] == ids)
+        sums = np.bincount(pos_c[hit], weights=img[hit], minlength=len(hkl))
+        photons[order] = sums
+    # A strong reflection far from the Ewald sphere (tiny peak fraction) can still put photons on the detector:
+    # it belongs in the truth when its own peak -- r_e^2 fluence F^2 F_latt^2(best point) Omega, not the tails of
+    # bright neighbours that its cell of pixels collects -- reaches min_photons.
+    own_peak = np.zeros(len(hkl))
+    if len(hkl):
+        f2 = structure_factors.lookup(hkl) ** 2
+        ray = (np.asarray(detector.origin_mm)[None]
+               + x_px[:, None] * detector.pixel_size_mm * np.asarray(detector.fast_axis)
+               + y_px[:, None] * detector.pixel_size_mm * np.asarray(detector.slow_axis))
+        r_mm = np.linalg.norm(ray, axis=1)
+        omega = detector.pixel_size_mm**2 * detector.close_distance_mm / r_mm**3
+        own_peak = st.scale * f2 * peak0 * best * omega
+    keep = (best >= min_peak_fraction) | (own_peak >= min_photons)
+    hkl, x_px, y_px, best, photons = hkl[keep], x_px[keep], y_px[keep], best[keep], photons[keep]
+    d_A = 1.0 / np.linalg.norm(hkl @ st.A.T, axis=1)
+    return TruthTable(hkl=hkl.astype(np.int64), d_A=d_A, x_px=x_px, y_px=y_px, photons=photons,
+                      peak_fraction=best)
