@@ -15,8 +15,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _terminate(signum, _frame):
-    raise SystemExit(128 + signum)
+@contextlib.contextmanager
+def sigterm_exits(program: str | None = None) -> Iterator[None]:
+    """Inside, SIGTERM raises SystemExit(128 + 15), so writers clean up (stdlib only: DIALS' Python uses it too).
+    ``program``: say so on stderr under that name."""
+    def terminate(signum, _frame):
+        if program:
+            print(f"{program}: terminated by signal {signum}: partial output removed", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, terminate) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -29,10 +43,9 @@ def logged(log_path: str | Path, name: str = "braggflow") -> Iterator[logging.Lo
     for h in handlers:
         h.setFormatter(fmt)
         logger.addHandler(h)
-    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
-    previous = signal.signal(signal.SIGTERM, _terminate) if main else None
     try:
-        yield logger
+        with sigterm_exits():
+            yield logger
     except Exception as exc:
         logger.error("%s: %s", type(exc).__name__, exc)
         raise
@@ -40,8 +53,6 @@ def logged(log_path: str | Path, name: str = "braggflow") -> Iterator[logging.Lo
         logger.error("terminated (exit status %s): partial outputs removed", exc.code)
         raise
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
         for h in handlers:
             logger.removeHandler(h)
             h.close()

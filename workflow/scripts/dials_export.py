@@ -27,13 +27,10 @@ Per strong spot: strong_frame, strong_panel, strong_x, strong_y (xyzobs.px.value
 """
 
 import argparse
-import contextlib
 import glob
 import json
 import os
-import signal
 import sys
-import threading
 
 import numpy as np
 from dials.array_family import flex
@@ -85,31 +82,15 @@ def parse_args(args=None):
     return options
 
 
-@contextlib.contextmanager
-def sigterm_exits():
-    """SIGTERM (Snakemake cancelling the job, SLURM's scancel or time limit) raises SystemExit(128 + 15) while
-    inside, so that the atomic writer removes its temporary file instead of the process vanishing."""
-    def terminate(signum, _frame):
-        print(f"{PROG}: terminated by signal {signum}: partial output removed", file=sys.stderr)
-        raise SystemExit(128 + signum)
-
-    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
-    previous = signal.signal(signal.SIGTERM, terminate) if main else None
-    try:
-        yield
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def atomic_path(target):
-    """braggflow.io.atomic_path(target): a temporary path beside ``target`` (.<name>.<host>.<pid>.<random>.tmp),
-    renamed onto it with the umask's permissions on success, removed on any exception."""
+def braggflow_writers():
+    """(braggflow.io.atomic_path, braggflow.logs.sigterm_exits) from this checkout's src/: standard library only,
+    so they run in DIALS' Python. Temporaries are .<name>.<host>.<pid>.<random>.tmp beside the target."""
     if SRC not in sys.path:
         sys.path.insert(0, SRC)
-    from braggflow.io import atomic_path as braggflow_atomic_path
+    from braggflow.io import atomic_path
+    from braggflow.logs import sigterm_exits
 
-    return braggflow_atomic_path(target)
+    return atomic_path, sigterm_exits
 
 
 def frame_count(path, list_path):
@@ -349,6 +330,7 @@ def read_integrated(out_dir, frames, geometry):
 def write_export(out_path, arrays):
     """The arrays (name -> array, in order) as one .npz at ``out_path``, atomically. np.savez writes to an open
     file: given a path it would add ".npz" to the temporary file's name."""
+    atomic_path, _ = braggflow_writers()
     with atomic_path(out_path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
@@ -357,7 +339,8 @@ def run(args=None):
     """dials_export.py's command line (``args``, default sys.argv[1:]): read the stills_process outputs, write
     the .npz."""
     options = parse_args(args)
-    with sigterm_exits():
+    _, sigterm_exits = braggflow_writers()
+    with sigterm_exits(PROG):
         frames = FrameNumbers(options.n_frames, options.list_path)
         geometry = Geometry(options.n_frames)
         n_strong, strong = read_imported(options.out_dir, frames, geometry)

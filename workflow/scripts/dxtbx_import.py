@@ -26,11 +26,8 @@ Frames: input files in the given order, frames within a file in order. Pixel coo
 """
 
 import argparse
-import contextlib
 import os
-import signal
 import sys
-import threading
 
 import h5py
 import numpy as np
@@ -91,31 +88,15 @@ def parse_args(args=None):
     return options
 
 
-@contextlib.contextmanager
-def sigterm_exits():
-    """SIGTERM (Snakemake cancelling the job, SLURM's scancel or time limit) raises SystemExit(128 + 15) while
-    inside, so that the atomic writer removes its temporary file instead of the process vanishing."""
-    def terminate(signum, _frame):
-        print(f"{PROG}: terminated by signal {signum}: partial output removed", file=sys.stderr)
-        raise SystemExit(128 + signum)
-
-    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
-    previous = signal.signal(signal.SIGTERM, terminate) if main else None
-    try:
-        yield
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def atomic_path(target):
-    """braggflow.io.atomic_path(target): a temporary path beside ``target`` (.<name>.<host>.<pid>.<random>.tmp),
-    renamed onto it with the umask's permissions on success, removed on any exception."""
+def braggflow_writers():
+    """(braggflow.io.atomic_path, braggflow.logs.sigterm_exits) from this checkout's src/: standard library only,
+    so they run in DIALS' Python. Temporaries are .<name>.<host>.<pid>.<random>.tmp beside the target."""
     if SRC not in sys.path:
         sys.path.insert(0, SRC)
-    from braggflow.io import atomic_path as braggflow_atomic_path
+    from braggflow.io import atomic_path
+    from braggflow.logs import sigterm_exits
 
-    return braggflow_atomic_path(target)
+    return atomic_path, sigterm_exits
 
 
 def load_imagesets(path):
@@ -235,6 +216,7 @@ def write_frames(out_path, frames, table, shape, format_class, adu_per_photon, b
     first_path = frames[0][0]
     text = h5py.string_dtype("utf-8")
     n = len(frames)
+    atomic_path, _ = braggflow_writers()
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["adu_per_photon"] = adu_per_photon
         f.attrs["format_class"] = format_class
@@ -276,7 +258,8 @@ def run(args=None):
     """dxtbx_import.py's command line (``args``, default sys.argv[1:]): read the input files, write the HDF5
     file. Errors exit with a message naming the input file (or the output where the input is not to blame)."""
     options = parse_args(args)
-    with sigterm_exits():
+    _, sigterm_exits = braggflow_writers()
+    with sigterm_exits(PROG):
         try:
             frames = list_frames(options.inputs)
             table, shape, format_class = panel_layout(frames)
