@@ -1,6 +1,10 @@
-from braggflow.gpu import claim_gpu
-from braggflow.logs import logged
-from braggflow.ml.predict import predict_file
+from braggflow.ml.determinism import pin_cpu_kernels
+
+pin_cpu_kernels()  # before anything imports torch: the kernels training ran on (braggflow.ml.determinism)
+
+from braggflow.gpu import claim_gpu  # noqa: E402
+from braggflow.logs import logged  # noqa: E402
+from braggflow.ml.predict import predict_file  # noqa: E402
 from braggflow.settings import TrainingRun, TrainingSettings
 
 with logged(snakemake.log[0]) as log:

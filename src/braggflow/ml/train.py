@@ -23,9 +23,9 @@ from torch import nn
 
 from ..settings import TrainingSettings
 from . import data as D
-from .determinism import one_thread
 from .baselines import (DispersionSettings, find_spots, fit_profile_classifier, spots_from_probability,
                         tune_dispersion, tune_hit_threshold)
+from .determinism import one_thread
 from .metrics import PeakCounts, accuracy, confusion_matrix, frame_peak_counts, peak_scores, select_setting
 from .models import EnergyDistanceNet, HitClassifier, PeakUNet
 
