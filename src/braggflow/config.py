@@ -89,9 +89,7 @@ def section_defaults(schema: dict[str, Any] | str | Path, section: str, **overri
     one level deep (for tests and benchmarks that build settings without a config file)."""
     if not isinstance(schema, dict):
         schema = load_schema(schema)
-    cfg: dict[str, Any] = {}
-    for key, value in overrides.items():
-        cfg[key] = copy.deepcopy(value)
+    cfg = copy.deepcopy(overrides)
     _fill_defaults(cfg, schema["properties"][section])
     return cfg
 

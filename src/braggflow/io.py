@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def _host() -> str:
-    return socket.gethostname().split(".")[0].replace(".", "_") or "host"
+    return socket.gethostname().split(".")[0] or "host"
 
 
 def _tmp_prefix(target: Path, host: str) -> str:
