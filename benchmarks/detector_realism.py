@@ -15,14 +15,14 @@ usage: python benchmarks/detector_realism.py [experiment]   (after the workflow 
 
 import sys
 
-import h5py
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
 from braggflow import evaluate as E
 from braggflow.outliers import eligible_count, isolated_pixels
-from braggflow.panels import read_frame_photons, read_frames_info
+from braggflow.formats import shards as S
+from braggflow.formats.frames import read_frame_photons, read_frames_info
+from braggflow.stills import predicted_positions
 
 THRESHOLDS_PHOTONS = (5, 10, 20, 50)
 
@@ -49,8 +49,8 @@ IOS_BINS = (3, 4, 5, 6, 8, 12, 30)
 def net_photons_at(photons: np.ndarray, fr) -> list[tuple[float, float]]:
     """(DIALS I/sigma, net photons in a 5x5 box at the predicted position) of an indexed frame's reflections."""
     rows = []
-    xy = E.predicted_positions(fr.a_matrix, fr.hkl, fr.panel, fr.panels, fr.beam_direction, fr.wavelength_angstrom,
-                               0.0, fr.parallax)
+    xy = predicted_positions(fr.a_matrix, fr.hkl, fr.panel, fr.panels, fr.beam_direction, fr.wavelength_angstrom,
+                             0.0, fr.parallax)
     for j, (x, y), ios in zip(fr.panel, xy, fr.i_over_sigma):
         if not np.isfinite(x) or not np.isfinite(ios):
             continue
@@ -97,16 +97,14 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
     report_net_photons(net)
 
     shard = f"results/matched/{experiment}/shard_0000.h5"
-    with h5py.File(shard, "r") as f:
-        g = f["braggflow/truth"]
-        truth = pd.DataFrame({k: g[k][()] for k in ("frame_index", "x_px", "y_px", "photons", "visible")})
-        index = f["braggflow/frames/frame_index"][()]
-        shapes, spikes = [], []
-        for row, frame_index in enumerate(index):
-            counts = f["entry/data/data"][row].astype(float)[None]
-            t = truth[(truth.frame_index == frame_index) & truth.visible & (truth.photons > 40)]
-            shapes.append(spot_shapes(counts, np.zeros(len(t), int), t[["x_px", "y_px"]].to_numpy()))
-            spikes.append(isolated_pixels(counts, 3.0))
+    truth = S.read_truth(shard, ("frame_index", "x_px", "y_px", "photons", "visible"))
+    index = S.read_frame_arrays(shard)["frame_index"]
+    shapes, spikes = [], []
+    for row, frame_index in enumerate(index):
+        counts = S.read_images(shard, row).astype(float)[None]
+        t = truth[(truth.frame_index == frame_index) & truth.visible & (truth.photons > 40)]
+        shapes.append(spot_shapes(counts, np.zeros(len(t), int), t[["x_px", "y_px"]].to_numpy()))
+        spikes.append(isolated_pixels(counts, 3.0))
     report(f"matched simulation ({len(index)} frames of {shard})", np.concatenate(shapes), spikes,
            eligible_count(counts))
 

@@ -11,10 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
-
 from braggflow.config import load_config
 from braggflow.dials import DialsSettings, stills_phil
+from braggflow.formats import shards as S
 from braggflow.structures import read_structure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +29,7 @@ def main(paths: list[str]) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "workflow/dials"))
     for p in paths:
         path = (ROOT / p).resolve()
-        with h5py.File(path) as f:
-            n, ny, nx = f["entry/data/data"].shape
+        n, (ny, nx) = S.n_frames(path), S.read_images(path, 0).shape
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "params.phil").write_text(phil)
             t0 = time.perf_counter()

@@ -19,7 +19,7 @@ import torch
 from braggflow.ml import data as D
 from braggflow.ml.baselines import DispersionSettings, find_spots
 from braggflow.ml.models import EnergyDistanceNet, HitClassifier, PeakUNet
-from braggflow.ml.train import cnn_spots
+from braggflow.ml.peak_finder import cnn_spots
 
 from train_throughput import default_training, synthetic_frame  # noqa: E402  (benchmarks/ is the script's directory)
 

@@ -14,12 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-import h5py
-import numpy as np
 import yaml
 
 from braggflow import evaluate as E
-from braggflow.panels import read_frame_photons, read_frames_info
+from braggflow.formats.frames import read_frame_photons, read_frames_info
+from braggflow.formats.predictions import peak_probabilities
 
 
 def main(experiment: str = "thermolysin_lcls_cspad") -> None:
@@ -32,9 +31,9 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
     refs = {i: E.dials_reference(dials[i], dials[i].wavelength_angstrom, 0.0, min_ios) for i in use}
     photons = {i: read_frame_photons(frames, i) for i in use}
     pred_path = f"results/predictions/{experiment}/peak_finder-matched/{experiment}_probability_pred.h5"
-    with h5py.File(pred_path, "r") as f:
-        prob = {i: f["pred"][i] for i in use}
-        tuned_cnn = (float(f.attrs["threshold"]), int(f.attrs["min_spot_px"]))
+    with peak_probabilities(pred_path) as (probability, threshold, min_spot_px):
+        prob = {i: probability(i) for i in use}
+        tuned_cnn = (threshold, min_spot_px)
     card = json.loads(Path(f"results/matched/{experiment}/peak_finder.json").read_text())
     baseline = json.loads(Path(f"results/matched/{experiment}/baseline_peaks.json").read_text())
 

@@ -26,17 +26,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from braggflow.draws import DrawConfig, draw_frame  # noqa: E402
-from braggflow.simulator import (  # noqa: E402
-    Crystal,
-    FlatDetector,
-    Numerics,
-    Pulse,
-    Still,
-    StructureFactorTable,
-    get_array_module,
-    simulate_still,
-    to_numpy,
-)
+from braggflow.simulator import (Crystal, Numerics, Panel, Pulse, Still, StructureFactorTable,  # noqa: E402
+                                 get_array_module, simulate_still, to_numpy)
 
 CELL_A = (67.288, 67.288, 106.582)
 WAVELENGTH_A = 12.398419843320026 / 7.0  # 7 keV
@@ -60,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     xp = get_array_module(args.backend)
 
-    detector = FlatDetector.from_beam_center(250.0, (2070 / 2, 2167 / 2), 0.075, 2070, 2167)
+    detector = Panel.from_beam_center(250.0, (2070 / 2, 2167 / 2), 0.075, 2070, 2167)
     sf = random_sf_table(2.0)
     b_matrix = np.diag([1 / c for c in CELL_A])
     cases = {

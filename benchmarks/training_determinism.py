@@ -47,7 +47,8 @@ def worker(spec: dict) -> dict:
 
     from braggflow.ml import layers as L
     from braggflow.ml import models
-    from braggflow.ml import train as T
+    from braggflow.ml import fit as T
+    from braggflow.ml.peak_finder import predict_probability
     from braggflow.ml.data import network_input
     from braggflow.ml.determinism import kernel_settings
 
@@ -107,7 +108,7 @@ def worker(spec: dict) -> dict:
     out["peak_weights"] = state_digest(unet)
     out["peak_losses"] = hashlib.sha256(json.dumps([[h["train_loss"], h["validation_loss"]]
                                                     for h in fit.history]).encode()).hexdigest()[:10]
-    out["peak_predict"] = digest(torch.from_numpy(T.predict_probability(unet, counts, torch.device("cpu"))))
+    out["peak_predict"] = digest(torch.from_numpy(predict_probability(unet, counts, torch.device("cpu"))))
     if spec.get("timing_only"):
         return out
 

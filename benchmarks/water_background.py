@@ -14,7 +14,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from braggflow.beam import Beam  # noqa: E402
 from braggflow.geometry import dataset_geometry  # noqa: E402
 from braggflow.matrix import Dataset  # noqa: E402
-from braggflow.water import water_image, write_background  # noqa: E402
+from braggflow.formats.background import write_background  # noqa: E402
+from braggflow.water import water_image  # noqa: E402
 
 TABLE = Path(__file__).resolve().parents[1] / "resources/water/water_scattering_25C.csv"
 

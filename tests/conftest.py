@@ -68,7 +68,8 @@ def small_geometry(energy_kev: float = 7.0, camera_length_m: float = 0.1, index:
 @pytest.fixture(scope="session")
 def mtz_1ic6_7kev(tmp_path_factory):
     """1IC6 structure factors at 7 keV to the small geometry's corner resolution."""
-    from braggflow.sf import compute_sf_table, write_mtz
+    from braggflow.formats.mtz import write_mtz
+    from braggflow.sf import compute_sf_table
     from braggflow.structures import read_structure
 
     model = read_structure(RESOURCES / "structures/1ic6.pdb")

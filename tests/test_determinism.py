@@ -24,7 +24,9 @@ import hashlib, json, os, sys
 import braggflow.ml.pipeline  # pins the CPU kernels before torch is imported
 import numpy as np
 import torch
-from braggflow.ml import models, train as T
+from braggflow.ml import fit as T
+from braggflow.ml import models
+from braggflow.ml.peak_finder import predict_probability
 from braggflow.ml.determinism import kernel_settings
 
 torch.set_num_threads(int(sys.argv[1]))
@@ -51,7 +53,7 @@ with T.seeded(0):
     unet = models.PeakUNet(4)
     fit = T.fit(unet, batches, [(x[32:], y[32:])], loss_fn, epochs=2, learning_rate=3e-3, patience=5,
                 device=torch.device("cpu"))
-prob = T.predict_probability(unet, counts, torch.device("cpu"), block_px=32, margin_px=16)
+prob = predict_probability(unet, counts, torch.device("cpu"), block_px=32, margin_px=16)
 prof = torch.from_numpy(rng.normal(0, 1, (16, 4, 32)).astype(np.float32))
 cls = torch.from_numpy(rng.integers(0, 2, 16))
 with T.seeded(1):

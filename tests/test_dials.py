@@ -72,7 +72,7 @@ def test_tiny_run_indexes_hits_and_scores_them_against_the_truth(tiny_run):
             assert row.indexing_rate >= 0.9 and row.cell_error_max_rel <= 0.005 and row.rmsd_cal_true_px <= 1.0
     idx = frames[frames.indexed]
     assert len(idx) >= 3 and (idx.n_matched > 10).all() and (idx.misorientation_deg < 1.0).all()
-    from braggflow.tables import read_table
+    from braggflow.formats.tables import read_table
 
     refl = read_table(tiny_run / "results/dials/1ic6/7keV_100mm/shard_0000/tables.h5", "reflections")
     assert {"h", "k", "l", "x_obs_px", "x_cal_px", "intensity", "sigma", "partiality", "d_angstrom"} <= set(refl)
@@ -95,7 +95,7 @@ def test_a_dials_crash_fails_the_rule_and_shows_its_log(tmp_path):
 
 
 def test_empty_reflection_table_round_trip(tmp_path):
-    from braggflow.tables import read_table, write_tables
+    from braggflow.formats.tables import read_table, write_tables
 
     empty = pd.DataFrame({"frame_index": np.zeros(0, int), "x_cal_px": np.zeros(0), "x_true_px": np.zeros(0),
                           "y_cal_px": np.zeros(0), "y_true_px": np.zeros(0), "x_obs_px": np.zeros(0),

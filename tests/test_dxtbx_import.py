@@ -190,7 +190,7 @@ def test_an_untrusted_border_masks_every_panels_edge_pixels_only(cspad_h5, tmp_p
 @pytest.mark.slow
 @needs_dxtbx
 def test_braggflow_nxmx_imports_with_its_beam_centre_and_distance(tmp_path):
-    from braggflow.nxmx import nxmx_writer
+    from braggflow.formats.nxmx import nxmx_writer
 
     g = small_geometry()
     n, adu = 3, 2.5

@@ -10,14 +10,17 @@ import pytest
 import yaml
 
 from braggflow.config import ConfigError, load_schema
-from braggflow.crystfel import crystfel_geometry_text
+from braggflow.formats.crystfel import crystfel_geometry_text
+from braggflow.detector import INCIDENT_UNIT
 from braggflow.errors import InputError
-from braggflow.evaluate import (Found, Reference, offset_components, offsets_by_resolution, predicted_positions,
-                                rank_models, resolution_edges, score_frame, summarize)
-from braggflow.experiments import experiment_specs, hdf5_layout, import_hdf5, shifted_geometry
+from braggflow.stills import predicted_positions
+from braggflow.evaluate import (Found, Reference, offset_components, offsets_by_resolution, rank_models,
+                                resolution_edges, score_frame, summarize)
+from braggflow.experiments import experiment_specs, import_hdf5, shifted_geometry
+from braggflow.formats.hdf5_input import hdf5_layout
 from braggflow.matrix import expand_matrix
-from braggflow.nxmx import nxmx_writer, read_geometry
-from braggflow.panels import FramesInfo, read_frame_photons, read_frames_info
+from braggflow.formats.nxmx import nxmx_writer, read_geometry
+from braggflow.formats.frames import FramesInfo, read_frame_photons, read_frames_info
 from conftest import ROOT, small_geometry
 
 SCHEMA = load_schema(ROOT / "config/config.schema.yaml")
@@ -169,9 +172,7 @@ def test_file_experiments_are_checked_before_any_job(config, tmp_path):
 # ---------------------------------------------------------------- geometry of predictions and offsets
 
 def single_panel_info(g) -> FramesInfo:
-    from braggflow.experiments import geometry_panels
-
-    panels, beam = geometry_panels(g)
+    panels, beam = g.detector(), INCIDENT_UNIT
     return FramesInfo("x", 1, (g.n_slow, g.n_fast), panels, np.array([g.wavelength_angstrom]), beam[None],
                       ("x",), np.zeros(1, int), 1.0, "test")
 

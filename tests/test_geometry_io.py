@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from braggflow import overlay
-from braggflow.crystfel import MIN_BANDWIDTH, crystfel_geometry_text, write_crystfel_geometry
+from braggflow.formats.crystfel import MIN_BANDWIDTH, crystfel_geometry_text, write_crystfel_geometry
 from braggflow.draws import spectrum, spectrum_rel_sigma
-from braggflow.experiments import hdf5_layout, import_hdf5
+from braggflow.experiments import import_hdf5
+from braggflow.formats.hdf5_input import hdf5_layout
 from braggflow.geometry import Geometry, dataset_geometry
 from braggflow.matrix import Dataset
-from braggflow.nxmx import (DATA_PATH, DEAD_BIT, GAP_BIT, MASK_BITS, MASK_PATH, WAVELENGTH_PATH, WAVELENGTH_UNITS,
+from braggflow.formats.nxmx import (DATA_PATH, DEAD_BIT, GAP_BIT, MASK_BITS, MASK_PATH, WAVELENGTH_PATH, WAVELENGTH_UNITS,
                             nxmx_writer, read_geometry)
-from braggflow.panels import read_frames_info
+from braggflow.formats.frames import read_frames_info
 from braggflow.units import energy_kev
 from conftest import crystfel_program
 

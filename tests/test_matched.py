@@ -14,13 +14,13 @@ from conftest import RESOURCES, ROOT
 from braggflow.beam import Beam
 from braggflow.config import ConfigError, load_schema
 from braggflow.experiments import experiment_specs
-from braggflow.matched import (STACK_GAP_PX, beam_rotation, d_min_angstrom, panel_detectors, stack_panels,
-                               stacked_offsets, unstack_panels, water_panels, write_matched_shard)
+from braggflow.matched import (STACK_GAP_PX, beam_rotation, panel_detectors, stack_panels,
+                               stacked_offsets, unstack_panels, write_matched_shard)
 from braggflow.matrix import Dataset
 from braggflow.overlay import OverlaySettings
-from braggflow.panels import Panels, read_frames_info, write_frames_file
-from braggflow.shards import SimulationSettings, flat_detector
-from braggflow.simulator import (Crystal, FlatDetector, Numerics, Pulse, Still, StructureFactorTable, simulate_still,
+from braggflow.formats.frames import Detector, read_frames_info, write_frames_file
+from braggflow.shards import SimulationSettings
+from braggflow.simulator import (Crystal, Panel, Numerics, Pulse, Still, StructureFactorTable, simulate_still,
                                  truth_reflections)
 from braggflow.structures import read_structure
 
@@ -33,13 +33,13 @@ def rot_x(deg):
     return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
 
 
-def split_panels(det: FlatDetector, rows: int, q=np.eye(3)) -> Panels:
+def split_panels(det: Panel, rows: int, q=np.eye(3)) -> Detector:
     """``det`` cut into a top (``rows`` rows) and a bottom panel, the whole lab frame rotated by ``q``."""
     o = np.asarray(det.origin_mm)
     f, s = np.asarray(det.fast_axis), np.asarray(det.slow_axis)
     origins = np.stack([o, o + rows * det.pixel_size_mm * s])
     px = det.pixel_size_mm
-    return Panels(("top", "bottom"), origins @ q.T, np.stack([f, f]) @ q.T, np.stack([s, s]) @ q.T,
+    return Detector.from_arrays(("top", "bottom"), origins @ q.T, np.stack([f, f]) @ q.T, np.stack([s, s]) @ q.T,
                   np.full((2, 2), px), np.array([[det.n_fast, rows], [det.n_fast, det.n_slow - rows]]))
 
 
@@ -54,7 +54,7 @@ def test_beam_rotation_takes_the_beam_to_the_simulators_incident_direction():
 def test_two_panels_simulate_exactly_the_single_panel_they_were_cut_from(tilt_deg):
     # The same crystal on one 48 x 40 panel and on that panel cut in two (the lab frame tilted by 3 deg about x,
     # the beam with it): the per-panel images and truth positions are the single panel's.
-    det = FlatDetector.from_beam_center(60.0, (20.0, 18.0), 0.1, 48, 40)
+    det = Panel.from_beam_center(60.0, (20.0, 18.0), 0.1, 48, 40)
     q = rot_x(tilt_deg)
     dets = panel_detectors(split_panels(det, 15, q), q @ np.array([0.0, 0.0, -1.0]))
     assert [d.n_slow for d in dets] == [15, 25]
@@ -76,18 +76,16 @@ def test_two_panels_simulate_exactly_the_single_panel_they_were_cut_from(tilt_de
     np.testing.assert_allclose(xs[order], truth.x_px[ref], atol=1e-9)
 
 
-def test_water_per_pixel_matches_the_pyfai_model_on_a_single_panel():
-    from braggflow.geometry import dataset_geometry
-    from braggflow.water import water_image
+def test_water_on_panels_cut_from_a_panel_is_that_panels_water_and_one_corner_resolution():
+    from braggflow.water import water_photons
 
-    g = dataset_geometry({"detector": {"pyfai_name": "Eiger4M", "sensor_material": "Si", "sensor_thickness_mm": 0.45,
-                                       "beam_center_px": None}}, Dataset("x", 8.0, 0.1, 0))
-    det = flat_detector(g)
-    ref = water_image(g, BEAM, 5e-6, TABLE)
-    mine = water_panels([det], g.wavelength_angstrom, BEAM, 5e-6, TABLE)[0]
-    good = ~ref.mask
-    np.testing.assert_allclose(mine[good], ref.photons[good], rtol=2e-5)
-    assert d_min_angstrom([det], g.wavelength_angstrom) == pytest.approx(g.d_min_angstrom(), rel=1e-6)
+    whole = Panel.from_beam_center(60.0, (70.3, 41.7), 0.075, 120, 80)
+    wavelength = 1.55
+    ref = water_photons(Detector((whole,)), BEAM.at_wavelength(wavelength), 5e-6, TABLE)[0][0]
+    split = panel_detectors(split_panels(whole, 40), np.array([0.0, 0.0, -1.0]))
+    top, bottom = water_photons(split, BEAM.at_wavelength(wavelength), 5e-6, TABLE)[0]
+    np.testing.assert_allclose(np.concatenate([top, bottom]), ref, rtol=1e-12)
+    assert split.d_min_angstrom(wavelength) == pytest.approx(Detector((whole,)).d_min_angstrom(wavelength), rel=1e-12)
 
 
 def test_stacking_keeps_panels_apart_by_the_gap():
@@ -103,10 +101,11 @@ def test_stacking_keeps_panels_apart_by_the_gap():
 def small_experiment(tmp_path_factory):
     """A frames file of two tilted 40 x 48 panels at 1.3 A, with a few untrusted pixels, and an MTZ of the
     thermolysin stand-in to 5 A."""
-    from braggflow.sf import compute_sf_table, write_mtz
+    from braggflow.formats.mtz import write_mtz
+    from braggflow.sf import compute_sf_table
 
     tmp = tmp_path_factory.mktemp("matched")
-    det = FlatDetector.from_beam_center(50.0, (-2.0, 20.0), 0.11, 48, 80)
+    det = Panel.from_beam_center(50.0, (-2.0, 20.0), 0.11, 48, 80)
     q = rot_x(1.5)
     panels = split_panels(det, 40, q)
     frames = np.zeros((1, 2, 40, 48), np.float32)
@@ -168,7 +167,7 @@ def test_matched_shard_is_a_training_shard_of_stacked_panels(small_experiment, t
     # Same seed, same frames: the same counts, labels and truth.
     matched_shard(tmp_path / "again.h5", small_experiment)
     with h5py.File(tmp_path / "shard.h5") as a, h5py.File(tmp_path / "again.h5") as b:
-        for key in (D.DATA_PATH, D.LABEL_PATH, "braggflow/truth/x_px"):
+        for key in ("entry/data/data", "braggflow/labels/peak_mask", "braggflow/truth/x_px"):
             np.testing.assert_array_equal(a[key][()], b[key][()])
 
 
@@ -213,7 +212,7 @@ def test_detector_psf_and_outliers_reach_the_matched_training_frames(small_exper
 def test_rectangular_pixels_are_refused_with_the_file_named(tmp_path):
     from braggflow.errors import InputError
 
-    p = Panels(("a",), np.array([[0.0, 0.0, -100.0]]), np.array([[1.0, 0, 0]]), np.array([[0, -1.0, 0]]),
+    p = Detector.from_arrays(("a",), np.array([[0.0, 0.0, -100.0]]), np.array([[1.0, 0, 0]]), np.array([[0, -1.0, 0]]),
                np.array([[0.1, 0.2]]), np.array([[10, 10]]))
     with pytest.raises(InputError, match="frames.h5.*rectangular"):
         panel_detectors(p, np.array([0, 0, -1.0]), "frames.h5")

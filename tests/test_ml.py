@@ -167,7 +167,7 @@ def test_a_photon_cut_excuses_weak_visible_reflections_for_every_finder(shards):
     """score_min_photons: reflections below the cut leave the reference and excuse a spot on them, as the evaluator
     does with real reflections below its I/sigma cut; the CNN's and the baseline's scores both use it."""
     from braggflow.ml import data as D
-    from braggflow.ml.train import score_spots, truth_xy
+    from braggflow.ml.peak_finder import score_spots, truth_xy
 
     ref = next(r for r in D.index_shards(shards["7keV_100mm"]) if r.hit)
     t = D.read_frame_truth(ref)
@@ -181,7 +181,7 @@ def test_a_photon_cut_excuses_weak_visible_reflections_for_every_finder(shards):
     assert (s_all["tp"], s_all["fp"]) == (6, 0) and (s_cut["tp"], s_cut["fp"], s_cut["fn"]) == (len(strong), 0, 0)
     (s_miss, _) = score_spots([(ref, found[t.photons.to_numpy() < cut])], 3.0, cut)
     assert (s_miss["tp"], s_miss["fp"], s_miss["fn"]) == (0, 0, len(strong))
-    from braggflow.ml.train import baseline_peak_finding
+    from braggflow.ml.peak_finder import baseline_peak_finding
 
     cfg = tiny_cfg()
     cfg = dataclasses.replace(cfg, peak_finder=dataclasses.replace(cfg.peak_finder, score_min_photons=1e6))
@@ -337,11 +337,11 @@ def test_broken_shard_names_the_file(tmp_path):
 
 def _train_peak_finder(shards, tmp_path, name):
     from braggflow.ml.models import save_weights
-    from braggflow.ml.pipeline import _split
-    from braggflow.ml.train import train_peak_finder
+    from braggflow.ml.data import frame_splits
+    from braggflow.ml.peak_finder import train_peak_finder
 
     cfg = tiny_cfg()
-    model, result = train_peak_finder(_split(shards["7keV_100mm"], cfg, 3), cfg, 3, torch.device("cpu"))
+    model, result = train_peak_finder(frame_splits(shards["7keV_100mm"], cfg, 3), cfg, 3, torch.device("cpu"))
     save_weights(model, tmp_path / name)
     return model, result
 
@@ -369,7 +369,7 @@ def test_weights_round_trip_with_weights_only(shards, tmp_path):
 
 def test_full_frame_inference_matches_tiles(shards):
     from braggflow.ml.models import PeakUNet
-    from braggflow.ml.train import predict_probability
+    from braggflow.ml.peak_finder import predict_probability
 
     torch.manual_seed(0)
     model = PeakUNet(4).eval()
@@ -380,12 +380,12 @@ def test_full_frame_inference_matches_tiles(shards):
 
 
 def test_hit_classifier_learns_a_separable_toy_case(shards):
-    from braggflow.ml.pipeline import _split
-    from braggflow.ml.train import train_hit_classifier
+    from braggflow.ml.data import frame_splits
+    from braggflow.ml.hit_classifier import train_hit_classifier
 
     cfg = tiny_cfg()
     paths = [p for v in shards.values() for p in v]
-    splits = _split(paths, cfg, 4)
+    splits = frame_splits(paths, cfg, 4)
     _, result, metrics = train_hit_classifier(splits, cfg, 4, torch.device("cpu"))
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert metrics["hit_accuracy"] == 1.0
@@ -407,7 +407,7 @@ def test_energy_distance_model_and_baseline_on_toy_profiles(shards, tmp_path):
 
 def test_model_card_fields(shards, tmp_path):
     from braggflow.ml.pipeline import run_hit_classifier
-    from braggflow.ml.train import config_hash
+    from braggflow.ml.fit import config_hash
 
     cfg = tiny_cfg()
     paths = shards["8keV_200mm"]

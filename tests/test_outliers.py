@@ -9,7 +9,7 @@ from braggflow.errors import InputError
 from braggflow.outliers import (isolated_pixels, measure_outlier_pixels, read_outlier_pixels,
                                 write_outlier_pixels)
 from braggflow.overlay import OverlaySettings, overlay_frame
-from braggflow.panels import Panels, write_frames_file
+from braggflow.formats.frames import Detector, write_frames_file
 
 BASE = dict(blank_fraction=0.0, jet_thickness_rel_sigma=0.0, adu_per_photon=1.0, readout_noise_adu=0.0,
             saturation_adu=10**6, bad_pixel_fraction=0.0, label_nsigma=2.0, label_min_photons=1.0)
@@ -37,7 +37,7 @@ def test_isolated_pixels_are_lone_bright_pixels_not_spots_or_faint_ones():
 
 def write_frames(path, frames):
     n_panels = frames.shape[1]
-    panels = Panels(tuple(f"p{j}" for j in range(n_panels)),
+    panels = Detector.from_arrays(tuple(f"p{j}" for j in range(n_panels)),
                     np.array([[0.0, 10.0 * j, -100.0] for j in range(n_panels)]), np.tile([1.0, 0, 0], (n_panels, 1)),
                     np.tile([0, -1.0, 0], (n_panels, 1)), np.full((n_panels, 2), 0.11),
                     np.tile([frames.shape[3], frames.shape[2]], (n_panels, 1)))

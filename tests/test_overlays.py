@@ -10,10 +10,11 @@ import pytest
 
 from braggflow.beam import Beam
 from braggflow.errors import InputError
-from braggflow.overlay import (OverlaySettings, overlay_frame, read_counts, read_label, read_overlay_frames,
-                               read_overlay_truth, write_overlay)
+from braggflow.formats.shards import read_images as read_counts, read_label
+from braggflow.overlay import OverlaySettings, overlay_frame, read_overlay_frames, read_overlay_truth, write_overlay
 from braggflow.shards import SimulationSettings, write_shard
-from braggflow.water import water_image, write_background
+from braggflow.formats.background import write_background
+from braggflow.water import water_image
 from conftest import RESOURCES, small_geometry
 
 BEAM = Beam(1e12, (1e-6, 1e-6), 0.99, 0.0)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from braggflow.panels import read_frames_info
+from braggflow.formats.frames import read_frames_info
 from conftest import TINY, run_snakemake
 
 EXP = "shifted"
@@ -21,7 +21,7 @@ def pred_path(work, model):
 
 
 def test_the_shifted_set_is_labelled_and_differs_from_its_dataset(tiny_run):
-    from braggflow.nxmx import read_geometry
+    from braggflow.formats.nxmx import read_geometry
 
     shifted = read_geometry(tiny_run / f"results/experiments/{EXP}/{EXP}.h5")
     like = json.loads((tiny_run / "results/geometry/7keV_100mm/geometry.json").read_text())

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from braggflow.shards import SimulationSettings, read_images, read_truth, write_shard
+from braggflow.formats.shards import read_images, read_truth
+from braggflow.shards import SimulationSettings, write_shard
 from braggflow.simulator import apply_psf, gauss_psf_kernel_1d
 from conftest import small_geometry
 from test_shards import BEAM, SIM

@@ -8,9 +8,9 @@ import pytest
 
 from braggflow.beam import Beam
 from braggflow.errors import InputError
-from braggflow.nxmx import nxmx_writer
-from braggflow.shards import (THIN_SENSOR_MM, SimulationSettings, read_images, read_shard_frames, read_truth,
-                              write_shard)
+from braggflow.formats.nxmx import nxmx_writer
+from braggflow.formats.shards import read_frame_arrays, read_images, read_truth
+from braggflow.shards import THIN_SENSOR_MM, SimulationSettings, write_shard
 from conftest import ROOT, small_geometry, system_python_with
 
 BEAM = Beam(1e12, (1e-6, 1e-6), 0.99, 0.0)
@@ -39,7 +39,7 @@ def test_frames_do_not_depend_on_the_shard_size_and_reruns_are_byte_identical(tm
     whole = read_images(tmp_path / "one.h5")
     np.testing.assert_array_equal(whole[:2], read_images(tmp_path / "a.h5"))
     np.testing.assert_array_equal(whole[2:], read_images(tmp_path / "b.h5"))
-    f_one, f_b = read_shard_frames(tmp_path / "one.h5"), read_shard_frames(tmp_path / "b.h5")
+    f_one, f_b = read_frame_arrays(tmp_path / "one.h5"), read_frame_arrays(tmp_path / "b.h5")
     for key in ("A_matrix", "ncells", "mosaic_umats", "wavelengths_angstrom", "weights", "fluence_photons_per_m2"):
         np.testing.assert_array_equal(f_one[key][2:], f_b[key])
     t_one, t_b = read_truth(tmp_path / "one.h5"), read_truth(tmp_path / "b.h5")
@@ -79,7 +79,7 @@ def test_dials_predicts_the_simulated_spot_positions(tmp_path, mtz, case):
     sim = SIM if case == "default" else dict(SIM, mosaic_domains=1, spectrum_samples=1, bandwidth_frac=0.0,
                                              energy_jitter_rel_sigma=0.0, crystal_shape="round")
     shard(tmp_path / "s.h5", mtz, range(0, 3), sim=sim)
-    frames, truth = read_shard_frames(tmp_path / "s.h5"), read_truth(tmp_path / "s.h5")
+    frames, truth = read_frame_arrays(tmp_path / "s.h5"), read_truth(tmp_path / "s.h5")
     g = small_geometry()
     # The same geometry and thin sensor DIALS would read from the overlay files, integer frames.
     with nxmx_writer(tmp_path / "f.h5", g, 3, np.int32, frames["central_wavelength_angstrom"],

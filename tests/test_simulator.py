@@ -15,8 +15,8 @@ from braggflow.simulator import (
     NANOBRAGG_DEFAULT_FLUENCE_PHOTONS_PER_M2,
     R_E_SQ_M2,
     Crystal,
-    FlatDetector,
     Numerics,
+    Panel,
     Pulse,
     Still,
     StructureFactorTable,
@@ -97,7 +97,7 @@ def test_cell_and_misset_reproduce_nanobragg_log():
 
 
 def test_detector_from_beam_center_matches_nanobragg_dials_origin():
-    det = FlatDetector.from_beam_center(100.0, (1024 / 2 + 1, 768 / 2 + 1), 0.075, 1024, 768)
+    det = Panel.from_beam_center(100.0, (1024 / 2 + 1, 768 / 2 + 1), 0.075, 1024, 768)
     np.testing.assert_allclose(det.origin_mm, (-38.475, 28.875, -100.0))
     assert det.close_distance_mm == pytest.approx(100.0)
     x, y, fwd = det.ray_to_px(np.array([[0.0, 0.0, -1.0]]))
@@ -107,7 +107,7 @@ def test_detector_from_beam_center_matches_nanobragg_dials_origin():
 def _nanobragg_case(name: str):
     cases = json.loads((DATA / "cases.json").read_text())
     assert name in cases
-    det = FlatDetector.from_beam_center(100.0, (1024 / 2 + 1, 768 / 2 + 1), 0.075, 1024, 768)
+    det = Panel.from_beam_center(100.0, (1024 / 2 + 1, 768 / 2 + 1), 0.075, 1024, 768)
     kwargs = {"ncells": (8, 8, 8), "fluence_photons_per_m2": NANOBRAGG_DEFAULT_FLUENCE_PHOTONS_PER_M2}
     if name == "case1_mono":
         kwargs |= {"wavelengths_A": [1.5498], "oversample": 1}
@@ -204,19 +204,19 @@ def brute_force(A, det, sf, wavelengths, weights, umats, ncells, shape, fluence,
     return img
 
 
-def _tilted_detector(n_fast: int, n_slow: int) -> FlatDetector:
+def _tilted_detector(n_fast: int, n_slow: int) -> Panel:
     """Off-centre beam, detector rotated about the beam and tilted (2theta-like) about a lab axis."""
     tilt = _rot(1, 25.0) @ _rot(2, 12.0)
     fast = tilt @ np.array([1.0, 0.0, 0.0])
     slow = tilt @ np.array([0.0, -1.0, 0.0])
     origin = tilt @ np.array([-40.0, 35.0, -120.0])
-    return FlatDetector(tuple(origin), tuple(fast), tuple(slow), 0.1, n_fast, n_slow)
+    return Panel(tuple(origin), tuple(fast), tuple(slow), 0.1, n_fast, n_slow)
 
 
-def _window(det: FlatDetector, x0: int, y0: int, n_fast: int, n_slow: int) -> FlatDetector:
+def _window(det: Panel, x0: int, y0: int, n_fast: int, n_slow: int) -> Panel:
     shift = x0 * np.asarray(det.fast_axis) + y0 * np.asarray(det.slow_axis)
     o = np.asarray(det.origin_mm) + det.pixel_size_mm * shift
-    return FlatDetector(tuple(o), det.fast_axis, det.slow_axis, det.pixel_size_mm, n_fast, n_slow)
+    return Panel(tuple(o), det.fast_axis, det.slow_axis, det.pixel_size_mm, n_fast, n_slow)
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +300,7 @@ def test_screened_fast_path_matches_exhaustive(shape, constructed_case, sf_table
 
 
 def test_single_sample_path_is_exact(sf_table, nb_A):
-    det = FlatDetector.from_beam_center(100.0, (60.3, 40.7), 0.075, 200, 150)
+    det = Panel.from_beam_center(100.0, (60.3, 40.7), 0.075, 200, 150)
     kwargs = {"wavelengths_A": [1.2], "ncells": (10, 10, 10), "mosaic_umats": [_rot(0, 0.2)]}
     still = _still(nb_A, **kwargs)
     fast = simulate_still(still, det, sf_table)
@@ -338,7 +338,7 @@ def test_truth_positions_match_simulated_centroids(poly, sf_table):
     rng = np.random.default_rng(3)
     rng.standard_normal(4)
     A = random_rotation(rng) @ np.diag([1 / CELL[0], 1 / CELL[1], 1 / CELL[2]])
-    det = FlatDetector.from_beam_center(150.0, (200.5, 180.2), 0.075, 400, 360)
+    det = Panel.from_beam_center(150.0, (200.5, 180.2), 0.075, 400, 360)
     kwargs = {"ncells": (10, 10, 10), "oversample": 2, "wavelengths_A": [1.3]}
     if poly:
         axis = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
@@ -375,7 +375,7 @@ def test_hkl_loader(tmp_path):
 
 
 def test_default_F_applies_outside_table(nb_A):
-    det = FlatDetector.from_beam_center(100.0, (40, 40), 0.1, 80, 80)
+    det = Panel.from_beam_center(100.0, (40, 40), 0.1, 80, 80)
     table = StructureFactorTable(np.zeros((1, 1, 1)), (0, 0, 0), default_F=3.0)
     still = _still(nb_A, wavelengths_A=[1.0], ncells=1, fluence_photons_per_m2=1 / R_E_SQ_M2)
     img = simulate_still(still, det, table)
@@ -399,7 +399,7 @@ def test_default_F_applies_outside_table(nb_A):
     ],
 )
 def test_impossible_inputs_raise(kwargs, match, sf_table, nb_A):
-    det = FlatDetector.from_beam_center(100.0, (20, 20), 0.1, 40, 40)
+    det = Panel.from_beam_center(100.0, (20, 20), 0.1, 40, 40)
     args = {"wavelengths_A": [1.0]} | kwargs
     call = {k: args.pop(k) for k in ("max_memory_bytes",) if k in args}
     with pytest.raises(ValueError, match=match):
@@ -408,13 +408,13 @@ def test_impossible_inputs_raise(kwargs, match, sf_table, nb_A):
 
 def test_detector_validation():
     with pytest.raises(ValueError, match="n_fast"):
-        FlatDetector.from_beam_center(100.0, (0, 0), 0.1, 0, 10)
+        Panel.from_beam_center(100.0, (0, 0), 0.1, 0, 10)
     with pytest.raises(ValueError, match="pixel_size_mm"):
-        FlatDetector.from_beam_center(100.0, (0, 0), -0.1, 10, 10)
+        Panel.from_beam_center(100.0, (0, 0), -0.1, 10, 10)
     with pytest.raises(ValueError, match="distance_mm"):
-        FlatDetector.from_beam_center(0.0, (0, 0), 0.1, 10, 10)
+        Panel.from_beam_center(0.0, (0, 0), 0.1, 10, 10)
     with pytest.raises(ValueError, match="parallel"):
-        FlatDetector((0, 0, -100), (1, 0, 0), (1, 0, 0), 0.1, 10, 10)
+        Panel((0, 0, -100), (1, 0, 0), (1, 0, 0), 0.1, 10, 10)
 
 
 def test_array_module_selection():
@@ -428,7 +428,7 @@ def test_full_eiger_frame_memory_is_bounded(sf_table):
     """A full Eiger 4M frame needs the image, a float32 bound and small batches, not pixels x samples."""
     import tracemalloc
 
-    det = FlatDetector.from_beam_center(250.0, (1035.0, 1083.5), 0.075, 2070, 2167)
+    det = Panel.from_beam_center(250.0, (1035.0, 1083.5), 0.075, 2070, 2167)
     A = random_rotation(np.random.default_rng(11)) @ np.diag([1 / CELL[0], 1 / CELL[1], 1 / CELL[2]])
     tracemalloc.start()
     try:

@@ -8,8 +8,8 @@ import gemmi
 import numpy as np
 import pytest
 
-from braggflow.sf import (MTZ_COLUMNS, MTZ_INTENSITY_COLUMNS, compute_sf_table, dense_amplitude_table, read_mtz,
-                          structure_factors, table_from_mtz, write_mtz)
+from braggflow.formats.mtz import MTZ_COLUMNS, MTZ_INTENSITY_COLUMNS, read_mtz, write_mtz
+from braggflow.sf import compute_sf_table, dense_amplitude_table, structure_factors, table_from_mtz
 from braggflow.structures import read_structure
 from conftest import RESOURCES, crystfel_program, system_python_with
 

@@ -11,7 +11,8 @@ from braggflow.errors import InputError
 from braggflow.geometry import dataset_geometry
 from braggflow.matrix import Dataset
 from braggflow.units import R_E_SQUARED_M2
-from braggflow.water import pixel_arrays, read_background, water_image, write_background
+from braggflow.formats.background import read_background, write_background
+from braggflow.water import pixel_factors, water_image
 from conftest import RESOURCES
 
 TABLE = RESOURCES / "water/water_scattering_25C.csv"
@@ -105,8 +106,8 @@ def test_gap_pixels_are_masked(ring):
 
 def test_symmetric_about_the_beam_centre_up_to_polarization(ring):
     g, bg = ring
-    _, _, pol = pixel_arrays(g, BEAM)
-    per_pol = np.where(bg.mask, np.nan, bg.photons / pol)
+    _, omega_pol = pixel_factors(g.panel(), BEAM.at_wavelength(g.wavelength_angstrom))
+    per_pol = np.where(bg.mask, np.nan, bg.photons / omega_pol)
     # Beam centre (1035, 1083.5) px: mirroring the array about it maps pixel centres onto pixel centres.
     assert g.beam_center_px == (g.n_fast / 2, g.n_slow / 2)
     for mirrored in (per_pol[::-1, :], per_pol[:, ::-1], per_pol[::-1, ::-1]):
@@ -115,6 +116,24 @@ def test_symmetric_about_the_beam_centre_up_to_polarization(ring):
     # With polarization, horizontal (E-vector) directions are dimmer than vertical ones at equal q.
     horizontal, vertical = bg.photons[1060, 1735], bg.photons[383, 1010]  # both ~700 px from the beam
     assert horizontal < 0.9 * vertical
+
+
+def test_per_pixel_model_agrees_with_pyfais_geometry(ring):
+    """The one water model (the detector model's pixel centres) against pyFAI's q, solid angle and polarization
+    for the same single panel (pyFAI's polarization factor is Kahn's K, its axis_offset from lab x toward +y)."""
+    from pyFAI.geometry import Geometry as PyFAIGeometry
+
+    g, bg = ring
+    px = g.pixel_size_m
+    bx, by = g.beam_center_px
+    ai = PyFAIGeometry(dist=g.camera_length_m, poni1=by * px, poni2=bx * px, detector=g.pyfai_detector(),
+                       wavelength=g.wavelength_angstrom * 1e-10)
+    q, omega_pol = pixel_factors(g.panel(), BEAM.at_wavelength(g.wavelength_angstrom))
+    ref = ai.solidAngleArray(absolute=True) * ai.polarization(factor=BEAM.kahn_factor,
+                                                                axis_offset=BEAM.polarization_angle_rad)
+    np.testing.assert_allclose(q, ai.qArray() / 10.0, rtol=2e-5, atol=1e-6)  # pyFAI holds q in float32
+    np.testing.assert_allclose(omega_pol, ref, rtol=2e-5)
+    assert np.all(bg.photons[~bg.mask] > 0)
 
 
 def test_roundtrip_file_and_bad_tables(tmp_path, ring):

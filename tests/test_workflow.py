@@ -32,7 +32,7 @@ def test_tiny_config_produces_mtz_files(tiny_run):
 
 
 def test_tiny_config_produces_geometry_and_water_per_dataset(tiny_run):
-    from braggflow.water import read_background
+    from braggflow.formats.background import read_background
 
     for dataset in ("7keV_100mm", "8keV_100mm"):
         bg = read_background(tiny_run / f"results/backgrounds/{dataset}/water.h5")
@@ -44,12 +44,12 @@ def test_tiny_config_produces_geometry_and_water_per_dataset(tiny_run):
 def test_tiny_config_simulates_sharded_frames_with_truth(tiny_run):
     import h5py
 
-    from braggflow.shards import read_shard_frames, read_truth
+    from braggflow.formats.shards import read_frame_arrays, read_truth
 
     for dataset in ("7keV_100mm", "8keV_100mm"):
         shards = sorted((tiny_run / f"results/simulated/1ic6/{dataset}").glob("shard_*.h5"))
         assert [p.name for p in shards] == ["shard_0000.h5", "shard_0001.h5"]
-        frames = [read_shard_frames(p)["frame_index"].tolist() for p in shards]
+        frames = [read_frame_arrays(p)["frame_index"].tolist() for p in shards]
         assert frames == [[0, 1], [2]]
         with h5py.File(shards[0]) as f:
             assert f["entry/data/data"].shape == (2, 1065, 1030) and f["entry/data/data"].dtype == "float32"

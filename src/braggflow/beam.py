@@ -1,9 +1,10 @@
-"""The incident beam: photons per pulse, spot size, polarization."""
+"""The incident beam: photons per pulse, spot size, polarization, and (once a dataset or an experiment gives it)
+its wavelength."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .settings import canonical
@@ -18,6 +19,7 @@ class Beam:
     size_m: tuple[float, float]  # full widths (horizontal, vertical) of a top-hat spot
     polarization_fraction: float  # fraction of the intensity with its E-vector in the polarization plane
     polarization_angle_deg: float  # E-vector direction: from lab x (detector fast) toward lab +y
+    wavelength_angstrom: float | None = None  # central wavelength: None for the config's beam, set per dataset
 
     def __post_init__(self):
         if not self.photons_per_pulse > 0:
@@ -26,6 +28,19 @@ class Beam:
             raise ValueError(f"beam.size_um must be > 0, got {[s * 1e6 for s in self.size_m]}")
         if not 0.0 <= self.polarization_fraction <= 1.0:
             raise ValueError(f"beam.polarization_fraction must be in [0, 1], got {self.polarization_fraction}")
+        if self.wavelength_angstrom is not None and not self.wavelength_angstrom > 0:
+            raise ValueError(f"beam wavelength must be > 0 A, got {self.wavelength_angstrom}")
+
+    def at_wavelength(self, wavelength_angstrom: float) -> "Beam":
+        """This beam at a dataset's or an experiment's central wavelength."""
+        return replace(self, wavelength_angstrom=float(wavelength_angstrom))
+
+    @property
+    def wavelength(self) -> float:
+        """The central wavelength (A); raises for the config's beam, which has none until a dataset gives it."""
+        if self.wavelength_angstrom is None:
+            raise ValueError("this beam has no wavelength yet: Beam.at_wavelength(...) gives it one")
+        return self.wavelength_angstrom
 
     @property
     def fluence_per_m2(self) -> float:
@@ -40,9 +55,16 @@ class Beam:
     def polarization_angle_rad(self) -> float:
         return math.radians(self.polarization_angle_deg)
 
+    @property
+    def polarization_axis(self) -> tuple[float, float, float]:
+        """The E-vector direction (angle from lab x toward lab y), normal to the beam along -z."""
+        return (math.cos(self.polarization_angle_rad), math.sin(self.polarization_angle_rad), 0.0)
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["size_m"] = list(self.size_m)
+        if d["wavelength_angstrom"] is None:
+            del d["wavelength_angstrom"]  # the config's beam: provenance as before a wavelength was known
         return d
 
     @staticmethod

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from .atomicplot import save_figure
 from .io import atomic_path
 
 
@@ -31,18 +29,6 @@ def write_summary(table_path, plot_path, jobs: pd.DataFrame) -> None:
     summary = summarise(jobs)
     with atomic_path(table_path) as tmp:
         summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
-    import matplotlib
+    from .figures.benchmarks import plot_runtimes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(summary) + 1.5))
-    rules = summary.rule.tolist()
-    for i, rule in enumerate(rules):
-        s = jobs.seconds[jobs.rule == rule].to_numpy()
-        ax.scatter(s, np.full(len(s), i) + np.linspace(-0.15, 0.15, len(s)), s=10, alpha=0.7)
-    ax.set(yticks=range(len(rules)), yticklabels=rules, xscale="log", xlabel="wall seconds per job",
-           title="Runtime of every job, by rule (Snakemake benchmark files)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, plot_path)
+    plot_runtimes(plot_path, jobs, summary.rule.tolist())

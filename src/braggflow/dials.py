@@ -14,7 +14,8 @@ import gemmi
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .formats.dials_export import read_dials_export
+from .formats.shards import read_frame_arrays
 from .overlay import read_overlay_frames, read_overlay_truth
 
 
@@ -94,18 +95,10 @@ def match_setting(a_dials: np.ndarray, a_true: np.ndarray, hkl_ops: list[np.ndar
 def score_shard(export_npz: str | Path, overlay_path: str | Path, spacegroup_hm: str,
                 true_cell: tuple[float, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-frame and per-reflection tables of one shard, DIALS against the simulation's truth."""
-    try:
-        ex = np.load(export_npz)
-    except (OSError, ValueError) as exc:
-        raise InputError(export_npz, f"unreadable DIALS export: {exc}") from None
     frames = read_overlay_frames(overlay_path)
     truth = read_overlay_truth(overlay_path)
-    import h5py
-
-    with h5py.File(overlay_path, "r") as f:
-        a_true_all = f["braggflow/frames/A_matrix"][()]
-    if len(ex["indexed"]) != len(frames):
-        raise InputError(export_npz, f"{len(ex['indexed'])} frames exported, overlay {overlay_path} has {len(frames)}")
+    a_true_all = read_frame_arrays(overlay_path)["A_matrix"]
+    ex = read_dials_export(export_npz, len(frames))
     ops = _point_group_hkl_ops(spacegroup_hm)
     true_cell = np.asarray(true_cell, float)
     rows, refl_rows = [], []
@@ -191,36 +184,3 @@ def dataset_scores(frames: pd.DataFrame, reflections: pd.DataFrame, structure: s
                              and scores["rmsd_cal_true_px"] <= 1.0 and scores["blank_frames_indexed"] == 0) \
         if in_bar else None
     return scores
-
-
-def plot_scores(path: str | Path, summary: pd.DataFrame, frames: pd.DataFrame) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .atomicplot import save_figure
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    labels = summary.dataset.tolist()
-    x = np.arange(len(labels))
-    axes[0].bar(x, 100 * summary.indexing_rate.fillna(0), color="tab:blue")
-    axes[0].axhline(90, color="grey", ls=":", label="bar: 90 %")
-    axes[0].set(xticks=x, ylabel="hits indexed (%)", title="Indexing rate among hits", ylim=(0, 105))
-    axes[0].set_xticklabels(labels, rotation=45, ha="right")
-    axes[0].legend()
-    w = 0.4
-    axes[1].bar(x - w / 2, summary.rmsd_cal_true_px, w, label="calculated vs true")
-    axes[1].bar(x + w / 2, summary.rmsd_obs_true_px, w, label="observed vs true")
-    axes[1].axhline(1.0, color="grey", ls=":", label="bar: 1 px")
-    axes[1].set(xticks=x, ylabel="RMSD (px)", title="Spot positions against the simulation")
-    axes[1].set_xticklabels(labels, rotation=45, ha="right")
-    axes[1].legend()
-    idx = frames[frames.indexed & (frames.hit == 1)]
-    for name, grp in idx.groupby("dataset"):
-        axes[2].scatter([labels.index(name)] * len(grp), grp.misorientation_deg, s=12)
-    axes[2].set(xticks=x, ylabel="misorientation (deg)", yscale="log",
-                title="Orientation error per indexed frame")
-    axes[2].set_xticklabels(labels, rotation=45, ha="right")
-    fig.tight_layout()
-    save_figure(fig, path)

@@ -7,12 +7,12 @@ as (fast, slow) px; lab frame with the beam along -z and the detector at z = -ca
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from .detector import Detector, Panel
 from .matrix import Dataset
 from .units import wavelength_angstrom
 
@@ -55,16 +55,17 @@ class Geometry:
         d["beam_center_px"] = tuple(d["beam_center_px"])
         return cls(**d)
 
-    def max_two_theta_rad(self) -> float:
-        """Largest scattering angle on the detector: at the corner farthest from the beam centre."""
-        bx, by = self.beam_center_px
-        dx = max(bx, self.n_fast - bx) * self.pixel_size_m
-        dy = max(by, self.n_slow - by) * self.pixel_size_m
-        return math.atan2(math.hypot(dx, dy), self.camera_length_m)
+    def panel(self) -> Panel:
+        """The detector as one flat panel normal to the beam (dxtbx lab frame: beam along -z, fast = +x, slow = -y)."""
+        return Panel.from_beam_center(self.camera_length_m * 1e3, self.beam_center_px, self.pixel_size_m * 1e3,
+                                      self.n_fast, self.n_slow)
+
+    def detector(self) -> Detector:
+        return Detector((self.panel(),))
 
     def d_min_angstrom(self) -> float:
         """Finest resolution the detector records (its corner)."""
-        return self.wavelength_angstrom / (2.0 * math.sin(self.max_two_theta_rad() / 2.0))
+        return self.detector().d_min_angstrom(self.wavelength_angstrom)
 
     def pyfai_detector(self):
         return _pyfai_detector(self.detector_name)

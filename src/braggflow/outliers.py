@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .io import write_text_atomic
-from .panels import read_frame_photons, read_frames_info
+from .formats.frames import read_frame_photons, read_frames_info
 
 MEDIAN_BOX_PX = 7
 NEIGHBOUR_FRACTION = 0.15  # well below a spot's second pixel (>= 25 % of its first in most real CSPAD spots)

@@ -22,23 +22,22 @@ BAD_PIXEL_STREAM]) and so the same in every dataset.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import h5py
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
 from .errors import InputError
 from .geometry import Geometry
-from .nxmx import DATA_PATH, DEAD_BIT, GAP_BIT, nxmx_writer
+from .formats import shards as S
+from .formats.nxmx import DEAD_BIT, GAP_BIT, nxmx_writer
 from .settings import Section
-from .shards import THIN_SENSOR_MM, TRUTH_COLUMNS, read_shard_frames, read_truth
-from .water import read_background
+from .shards import THIN_SENSOR_MM
+from .formats.background import read_background
 
 OVERLAY_STREAM = 1
 BAD_PIXEL_STREAM = 0xBAD
@@ -161,13 +160,13 @@ def write_overlay(path: str | Path, *, peaks_path: str | Path, water_path: str |
                   seed: int, dataset_index: int, nominal_fluence_per_m2: float, log=None) -> dict[str, Any]:
     peaks_path, water_path = Path(peaks_path), Path(water_path)
     bg = read_background(water_path)
-    with h5py.File(peaks_path, "r") as f:
-        peaks_geometry = Geometry.from_dict(json.loads(f["entry/braggflow_geometry"][()]))
-        n_frames = f[DATA_PATH].shape[0]
-        structure, dataset = f["braggflow"].attrs["structure"], f["braggflow"].attrs["dataset"]
+    peaks_geometry = Geometry.from_dict(S.read_geometry(peaks_path))
+    n_frames = S.n_frames(peaks_path)
+    attrs = S.read_attrs(peaks_path)
+    structure, dataset = attrs["structure"], attrs["dataset"]
     _same_experiment(peaks_geometry, bg.geometry, peaks_path, water_path)
-    frames = read_shard_frames(peaks_path)
-    truth = read_truth(peaks_path)
+    frames = S.read_frame_arrays(peaks_path)
+    truth = S.read_truth(peaks_path)
     bad = bad_pixel_mask(bg.photons.shape, settings.bad_pixel_fraction, seed)
     pixel_mask = bg.mask.astype(np.int32) * GAP_BIT + (bad & ~bg.mask).astype(np.int32) * DEAD_BIT
     untrusted = pixel_mask != 0
@@ -176,46 +175,38 @@ def write_overlay(path: str | Path, *, peaks_path: str | Path, water_path: str |
     geometry = peaks_geometry
     with nxmx_writer(path, geometry, n_frames, np.int32, frames["central_wavelength_angstrom"], mask=pixel_mask,
                      saturation_value=settings.saturation_adu, sensor_thickness_mm=THIN_SENSOR_MM) as (f, data):
-        label_ds = f.create_group("braggflow/labels").create_dataset(
-            "peak_mask", shape=data.shape, dtype=np.uint8, chunks=(1,) + data.shape[1:], compression="gzip",
-            compression_opts=4)
-        with h5py.File(peaks_path, "r") as src:
-            for i in range(n_frames):
-                frame_index = int(frames["frame_index"][i])
-                rng = frame_rng(seed, dataset_index, frame_index)
-                hit, jet_factor = frame_conditions(settings, rng)
-                fluence_factor = float(frames["fluence_photons_per_m2"][i]) / nominal_fluence_per_m2
-                fr = overlay_frame(src[DATA_PATH][i], bg.photons, untrusted, hit, jet_factor, fluence_factor,
-                                   settings, rng)
-                data[i] = fr.counts
-                label_ds[i] = fr.label.astype(np.uint8)
-                n_regions = int(ndimage.label(fr.label, structure=np.ones((3, 3)))[1])
-                t = truth[truth.frame_index == frame_index].copy() if hit else truth.iloc[0:0].copy()
-                t["visible"] = _visible(t, fr.label)
-                labels_truth.append(t)
-                per_frame.append({"frame_index": frame_index, **fr.params, "n_peaks": int(t["visible"].sum()),
-                                  "n_label_regions": n_regions})
-                if log:
-                    log.info("frame %d: hit=%d, %d visible reflections, %d label regions, water %.3g photons, "
-                             "jet x%.3f, fluence x%.3f", frame_index, hit, int(t["visible"].sum()), n_regions,
-                             fr.params["water_photons"], jet_factor, fluence_factor)
-        g = f["braggflow"]
-        g.attrs["structure"], g.attrs["dataset"] = structure, dataset
-        g.attrs["overlay"] = json.dumps(asdict(settings), sort_keys=True)
-        g.create_dataset("water_photons", data=bg.photons, compression="gzip", compression_opts=4, shuffle=True)
-        g.attrs["sources"] = json.dumps({"peaks": peaks_path.name, "water": water_path.name})
-        g.attrs["label_rule"] = ("peak where bragg >= label_nsigma * sqrt(water + (readout_noise/gain)^2) and "
-                                 "bragg >= label_min_photons (photons, noise-free)")
+        label_ds = S.create_labels(f, data.shape)
+        for i in range(n_frames):
+            frame_index = int(frames["frame_index"][i])
+            rng = frame_rng(seed, dataset_index, frame_index)
+            hit, jet_factor = frame_conditions(settings, rng)
+            fluence_factor = float(frames["fluence_photons_per_m2"][i]) / nominal_fluence_per_m2
+            fr = overlay_frame(S.read_images(peaks_path, i), bg.photons, untrusted, hit, jet_factor, fluence_factor,
+                               settings, rng)
+            data[i] = fr.counts
+            label_ds[i] = fr.label.astype(np.uint8)
+            n_regions = int(ndimage.label(fr.label, structure=np.ones((3, 3)))[1])
+            t = truth[truth.frame_index == frame_index].copy() if hit else truth.iloc[0:0].copy()
+            t["visible"] = _visible(t, fr.label)
+            labels_truth.append(t)
+            per_frame.append({"frame_index": frame_index, **fr.params, "n_peaks": int(t["visible"].sum()),
+                              "n_label_regions": n_regions})
+            if log:
+                log.info("frame %d: hit=%d, %d visible reflections, %d label regions, water %.3g photons, "
+                         "jet x%.3f, fluence x%.3f", frame_index, hit, int(t["visible"].sum()), n_regions,
+                         fr.params["water_photons"], jet_factor, fluence_factor)
+        S.write_attrs(f, {"structure": structure, "dataset": dataset, "overlay": asdict(settings)})
+        S.write_water(f, bg.photons, shuffle=True)
+        S.write_attrs(f, {"sources": {"peaks": peaks_path.name, "water": water_path.name},
+                          "label_rule": "peak where bragg >= label_nsigma * sqrt(water + (readout_noise/gain)^2) and "
+                                        "bragg >= label_min_photons (photons, noise-free)"})
         table = pd.DataFrame(per_frame)
-        fg = g.create_group("frames")
-        for col in table.columns:
-            fg[col] = table[col].to_numpy()
-        for key in ("A_matrix", "ncells", "wavelengths_angstrom", "weights", "fluence_photons_per_m2", "seed"):
-            fg[key] = frames[key]
-        tg = g.create_group("truth")
+        S.write_table(f, S.FRAMES_PATH, {**{c: table[c].to_numpy() for c in table.columns},
+                                         **{k: frames[k] for k in ("A_matrix", "ncells", "wavelengths_angstrom",
+                                                                   "weights", "fluence_photons_per_m2", "seed")}})
         all_truth = pd.concat(labels_truth, ignore_index=True)
-        for col in (*TRUTH_COLUMNS, "visible"):
-            tg.create_dataset(col, data=all_truth[col].to_numpy(), compression="gzip")
+        S.write_table(f, S.TRUTH_PATH, {c: all_truth[c].to_numpy() for c in (*S.TRUTH_COLUMNS, "visible")},
+                      S.TABLE_COMPRESSION)
     return {"frames": n_frames, "hits": int(table.hit.sum()), "mean_peaks_per_hit":
             float(table.n_peaks[table.hit == 1].mean()) if table.hit.any() else 0.0}
 
@@ -231,89 +222,8 @@ def _visible(truth: pd.DataFrame, label: np.ndarray) -> np.ndarray:
 
 
 def read_overlay_frames(path: str | Path) -> pd.DataFrame:
-    with h5py.File(path, "r") as f:
-        g = f["braggflow/frames"]
-        return pd.DataFrame({k: g[k][()] for k in g if g[k].ndim == 1})
+    return S.read_frame_table(path)
 
 
 def read_overlay_truth(path: str | Path) -> pd.DataFrame:
-    with h5py.File(path, "r") as f:
-        return pd.DataFrame({k: f["braggflow/truth"][k][()] for k in (*TRUTH_COLUMNS, "visible")})
-
-
-def read_counts(path: str | Path, frame: int) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        return f[DATA_PATH][frame]
-
-
-def read_label(path: str | Path, frame: int) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        return f["braggflow/labels/peak_mask"][frame].astype(bool)
-
-
-def plot_gallery(path: str | Path, overlay_paths: list[str | Path], max_frames: int = 3, title: str = "") -> None:
-    """Per frame: counts, counts with the peak labels, the frame's expected water, and a zoom on peaks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .atomicplot import save_figure
-
-    chosen = []
-    for p in overlay_paths:
-        frames = read_overlay_frames(p)
-        for i, row in frames.iterrows():
-            chosen.append((p, i, row))
-    hits = [c for c in chosen if c[2].hit == 1][: max(1, max_frames - 1)]
-    blanks = [c for c in chosen if c[2].hit == 0][:1]
-    chosen = (hits + blanks)[:max_frames] or chosen[:max_frames]
-    fig, axes = plt.subplots(len(chosen), 4, figsize=(17, 4.3 * len(chosen)), squeeze=False)
-    for row_axes, (p, i, info) in zip(axes, chosen):
-        counts = read_counts(p, i).astype(float)
-        label = read_label(p, i)
-        with h5py.File(p, "r") as f:
-            water = f["braggflow/water_photons"][()] * (info.jet_factor * info.fluence_factor)
-        shown = np.where(counts < 0, np.nan, counts)
-        # Block maxima keep 1-3 px spots visible when a 2000-px frame is drawn in 300 screen pixels.
-        small, small_label = _block_max(shown, 4), _block_max(label.astype(float), 4) > 0
-        vmax = max(float(np.nanpercentile(small, 99.9)), 1.0)
-        kw = dict(cmap="gray_r", interpolation="nearest", vmin=0, vmax=np.arcsinh(vmax))
-        row_axes[0].imshow(np.arcsinh(small), **kw)
-        row_axes[0].set_title(f"frame {int(info.frame_index)} ({'hit' if info.hit else 'blank'}): counts, "
-                              "4x4 max, asinh", fontsize=9)
-        row_axes[1].imshow(np.arcsinh(small), **kw)
-        ys, xs = np.nonzero(small_label)
-        row_axes[1].scatter(xs, ys, s=2, c="red", marker="s", linewidths=0)
-        row_axes[1].set_title(f"peak labels: {int(info.n_peaks)} visible reflections", fontsize=9)
-        row_axes[2].imshow(np.where(np.isnan(shown), np.nan, water), cmap="magma", interpolation="nearest")
-        row_axes[2].set_title(f"water only (expected): jet x{info.jet_factor:.2f}, fluence x{info.fluence_factor:.2f}",
-                              fontsize=9)
-        if label.any():
-            cy, cx = np.unravel_index(np.argmax(np.where(label, np.nan_to_num(shown), -1)), label.shape)
-        else:
-            cy, cx = label.shape[0] // 2, label.shape[1] // 2
-        h = 40
-        y0, x0 = max(cy - h, 0), max(cx - h, 0)
-        crop = shown[y0:cy + h, x0:cx + h]
-        row_axes[3].imshow(crop, cmap="viridis", interpolation="nearest", vmin=0,
-                           vmax=max(float(np.nanpercentile(crop, 99.5)), 1.0),
-                           extent=(x0, x0 + crop.shape[1], y0 + crop.shape[0], y0))
-        if label[y0:cy + h, x0:cx + h].any():
-            row_axes[3].contour(np.arange(x0, x0 + crop.shape[1]) + 0.5, np.arange(y0, y0 + crop.shape[0]) + 0.5,
-                                label[y0:cy + h, x0:cx + h], levels=[0.5], colors="red", linewidths=0.8)
-        row_axes[3].set_title("zoom on the strongest peak: counts, label outline", fontsize=9)
-        for ax in row_axes[:3]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-
-def _block_max(image: np.ndarray, k: int) -> np.ndarray:
-    ny, nx = image.shape[0] // k * k, image.shape[1] // k * k
-    blocks = image[:ny, :nx].reshape(ny // k, k, nx // k, k)
-    with np.errstate(all="ignore"):
-        return np.nanmax(np.nanmax(blocks, axis=3), axis=1) if np.isnan(blocks).any() else blocks.max(axis=(1, 3))
+    return S.read_truth(path, (*S.TRUTH_COLUMNS, "visible"))

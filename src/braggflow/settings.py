@@ -244,8 +244,17 @@ class TrainingRun:
     threads: int
 
     @classmethod
-    def from_job(cls, config: dict[str, Any], threads: int) -> "TrainingRun":
-        return cls(device=str(config["training"]["device"]), threads=int(threads))
+    def from_job(cls, config: dict[str, Any], threads: int, log=None) -> "TrainingRun":
+        """The job's device and threads; on a GPU device, claims one GPU for the job (``gpu.claim_gpu``) and logs
+        which."""
+        run = cls(device=str(config["training"]["device"]), threads=int(threads))
+        if run.device != "cpu":
+            from .gpu import claim_gpu
+
+            claimed = claim_gpu()
+            if log:
+                log.info("GPU claimed for this job: %s", claimed)
+        return run
 
 
 # ---------------------------------------------------------------- evaluation (rules/experiments.smk)

@@ -1,4 +1,4 @@
-"""Complex structure factors with energy-dependent anomalous scattering, and their MTZ files.
+"""Complex structure factors with energy-dependent anomalous scattering (their MTZ files: ``formats.mtz``).
 
 F(h) = sum_j occ_j (f0_j(s) + f'_j + i f''_j) exp(-2 pi^2 s^T U_j s) exp(2 pi i h.x_j) over every atom of the
 unit cell: f0 from the IT92 Gaussians, f' and f'' from Cromer-Liberman (gemmi), U isotropic or anisotropic.
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .atomicplot import save_figure
+from .formats.mtz import read_mtz
 from .io import atomic_path
 from .structures import CrystalModel
 
@@ -156,65 +156,6 @@ def compute_sf_table(model: CrystalModel, energy_kev: float, d_min_angstrom: flo
     return SfTable(hkl, f_plus, f_minus, d)
 
 
-MTZ_COLUMNS = (("F(+)", "G"), ("PHI(+)", "P"), ("F(-)", "G"), ("PHI(-)", "P"))
-# Intensities after the amplitudes, for programs that read only intensities: CrystFEL (get_hkl, pattern_sim,
-# compare_hkl) looks up exactly I and SIGI.
-MTZ_INTENSITY_COLUMNS = (("I", "J"), ("SIGI", "Q"), ("I(+)", "K"), ("SIGI(+)", "M"), ("I(-)", "K"),
-                         ("SIGI(-)", "M"))
-
-
-def stored_sigma(values: np.ndarray) -> np.ndarray:
-    """The sigma of a calculated (exact) value: its float32 rounding, one unit in the last place. Zero sigmas
-    would not do: gemmi and CCP4 programs drop every reflection with sigma <= 0."""
-    v = np.abs(np.asarray(values, dtype=np.float32))
-    return np.maximum(np.spacing(v), np.finfo(np.float32).tiny)
-
-
-def write_mtz(path: str | Path, model: CrystalModel, table: SfTable, energy_kev: float) -> None:
-    """Anomalous amplitudes and phases (F(+), PHI(+), F(-), PHI(-)), then intensities |F|^2: I (the Bijvoet
-    mean), SIGI, I(+), SIGI(+), I(-), SIGI(-) (sigmas: stored_sigma); gemmi, cctbx, DIALS and CrystFEL read it."""
-    from .units import wavelength_angstrom
-
-    mtz = gemmi.Mtz(with_base=True)
-    mtz.title = f"braggflow structure factors of {Path(model.source).name} at {energy_kev:g} keV"
-    mtz.spacegroup = model.spacegroup
-    mtz.set_cell_for_all(model.gemmi_cell)
-    ds = mtz.add_dataset("calc")
-    ds.wavelength = wavelength_angstrom(energy_kev)
-    for label, kind in MTZ_COLUMNS + MTZ_INTENSITY_COLUMNS:
-        mtz.add_column(label, kind)
-    i_plus, i_minus = np.abs(table.f_plus) ** 2, np.abs(table.f_minus) ** 2
-    i_mean = 0.5 * (i_plus + i_minus)
-    data = np.column_stack([
-        table.hkl, np.abs(table.f_plus), np.degrees(np.angle(table.f_plus)),
-        np.abs(table.f_minus), np.degrees(np.angle(table.f_minus)),
-        i_mean, stored_sigma(i_mean), i_plus, stored_sigma(i_plus), i_minus, stored_sigma(i_minus),
-    ]).astype(np.float32)
-    mtz.set_data(data)
-    mtz.history = [f"braggflow: direct sum, IT92 f0, Cromer-Liberman f'/f'' at {energy_kev:g} keV"]
-    with atomic_path(path) as tmp:
-        mtz.write_to_file(str(tmp))
-
-
-def read_mtz(path: str | Path) -> tuple[gemmi.Mtz, np.ndarray, np.ndarray, np.ndarray]:
-    """(mtz, hkl, F(+), F(-)) as complex arrays from a braggflow MTZ."""
-    path = Path(path)
-    try:
-        mtz = gemmi.read_mtz_file(str(path))
-    except Exception as exc:
-        raise InputError(path, f"unreadable MTZ: {exc}") from None
-    labels = [c.label for c in mtz.columns]
-    missing = [lab for lab, _ in MTZ_COLUMNS if lab not in labels]
-    if missing:
-        raise InputError(path, f"MTZ lacks columns {missing} (has {labels})")
-    data = np.array(mtz, copy=False)
-    col = {lab: labels.index(lab) for lab in labels}
-    hkl = data[:, :3].astype(np.int32)
-    fp = data[:, col["F(+)"]] * np.exp(1j * np.radians(data[:, col["PHI(+)"]]))
-    fm = data[:, col["F(-)"]] * np.exp(1j * np.radians(data[:, col["PHI(-)"]]))
-    return mtz, hkl, fp, fm
-
-
 def dense_amplitude_table(path: str | Path) -> tuple[np.ndarray, tuple[int, int, int]]:
     """|F| over the full reciprocal sphere (P1, Bijvoet mates distinct) as a dense array.
 
@@ -289,20 +230,3 @@ def summarise_mtz_files(paths, labels) -> tuple[list[dict], dict[tuple[str, floa
         rows.append(sf_summary(name, energy_kev, table))
         shells[(name, energy_kev)] = resolution_shells(table)
     return rows, shells
-
-
-def plot_resolution_shells(path: str | Path, shells: dict[tuple[str, float], pd.DataFrame]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for (name, energy_kev), df in shells.items():
-        label = f"{name} {energy_kev:g} keV"
-        ax1.plot(1.0 / df.d_angstrom**2, df.mean_f_electrons, marker="o", label=label)
-        ax2.plot(1.0 / df.d_angstrom**2, 100 * df.bijvoet_ratio, marker="o", label=label)
-    ax1.set(yscale="log", xlabel="1/d$^2$ (1/Å$^2$)", ylabel="<|F|> (electrons)", title="Mean amplitude per shell")
-    ax2.set(xlabel="1/d$^2$ (1/Å$^2$)", ylabel="<| |F+| - |F-| |> / <|F|> (%)", title="Bijvoet ratio per shell")
-    ax1.legend(fontsize=8)
-    save_figure(fig, path, dpi=100)

@@ -3,46 +3,38 @@
 One shard = frames [first, first + n) of one (structure, dataset). Each frame's draws depend only on
 (seed, dataset index, frame index), so a frame is identical whatever the shard size.
 
-File layout (HDF5, NXmx geometry so DIALS/silx/albula open it):
-  /entry/...                        NXmx: beam (per-frame central wavelength), detector, module chain
-  /entry/data/data                  (n, slow, fast) float32 expected photons, bitshuffle-LZ4 (hdf5plugin)
-  /braggflow/frames/<name>          per-frame draws: frame_index, seed, A_matrix (DIALS lab frame, 1/A),
-                                    U, ncells, mosaic_umats, wavelengths_angstrom, weights,
-                                    central_wavelength_angstrom, fluence_photons_per_m2, total_photons,
-                                    stored_photons (after the min_stored_photons floor)
-  /braggflow/truth/<column>         reflections of all frames: frame_index, h, k, l, d_angstrom,
-                                    x_px, y_px (DIALS fast/slow), photons, peak_fraction
-Attributes on /braggflow: structure, dataset, simulation settings (JSON), software versions.
+The file layout is ``braggflow.formats.shards`` (NXmx geometry, so DIALS/silx/albula open it; the image stack
+bitshuffle-LZ4): per-frame draws (frame_index, seed, A_matrix in the DIALS lab frame 1/A, U, ncells, mosaic_umats,
+wavelengths_angstrom, weights, central_wavelength_angstrom, fluence_photons_per_m2, total_photons, stored_photons
+after the min_stored_photons floor), the truth of every frame, and the settings and software versions.
 """
 
 from __future__ import annotations
 
-import json
+import importlib.metadata
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
-import hdf5plugin
 import numpy as np
 
 from . import __version__
 from .beam import Beam
 from .draws import DrawConfig, FrameDraws, draw_frame
 from .geometry import Geometry
-from .nxmx import DATA_PATH, nxmx_writer
+from .formats.mtz import read_mtz
+from .formats.nxmx import nxmx_writer
+from .formats.shards import (FRAMES_PATH, IMAGE_COMPRESSION, TABLE_COMPRESSION, TRUTH_COLUMNS, TRUTH_PATH,
+                             write_attrs, write_table)
 from .settings import canonical
-from .sf import dense_amplitude_table, read_mtz
-from .simulator import (Crystal, FlatDetector, Numerics, Pulse, Still, StructureFactorTable, apply_psf,
+from .sf import dense_amplitude_table
+from .simulator import (Crystal, Numerics, Panel, Pulse, Still, StructureFactorTable, apply_psf,
                         get_array_module, simulate_still, to_numpy, truth_reflections)
 
 DRAW_KEYS = ("ncells", "ncells_per_axis", "mosaic_spread_deg", "mosaic_domains", "mosaic_model", "spectrum_shape",
              "bandwidth_frac", "spectrum_samples", "energy_jitter_rel_sigma", "fluence_rel_sigma")
-TRUTH_COLUMNS = ("frame_index", "h", "k", "l", "d_angstrom", "x_px", "y_px", "photons", "peak_fraction")
-# Shards hold float photons read only by braggflow: Eiger's bitshuffle-LZ4 (hdf5plugin) keeps them small.
-SHARD_COMPRESSION = dict(hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
 DEFAULT_MAX_DETECTOR_BYTES = 4 * 2**30
 # The simulator treats the sensor as thin (no parallax). The files say so, so that DIALS applies no
 # sensor-depth correction either: dxtbx needs a positive thickness, and 0.1 um shifts spots < 0.001 px.
@@ -101,11 +93,6 @@ def b_matrix(cell: tuple[float, float, float, float, float, float]) -> np.ndarra
     return np.array(gemmi.UnitCell(*cell).frac.mat).T
 
 
-def flat_detector(geometry: Geometry) -> FlatDetector:
-    return FlatDetector.from_beam_center(geometry.camera_length_m * 1e3, geometry.beam_center_px,
-                                         geometry.pixel_size_m * 1e3, geometry.n_fast, geometry.n_slow)
-
-
 def load_structure_factors(mtz_path: str | Path) -> tuple[StructureFactorTable, tuple]:
     dense, lo = dense_amplitude_table(mtz_path)
     mtz = read_mtz(mtz_path)[0]
@@ -119,19 +106,14 @@ def frame_indices(shard: int, frames_per_shard: int, frames_per_dataset: int) ->
     return range(first, min(first + frames_per_shard, frames_per_dataset))
 
 
-def beam_polarization_axis(beam: Beam) -> tuple[float, float, float]:
-    """The E-vector direction of the beam config (angle from lab x toward lab y)."""
-    return (math.cos(beam.polarization_angle_rad), math.sin(beam.polarization_angle_rad), 0.0)
-
-
-def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, detector: FlatDetector,
+def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, detector: Panel,
                    settings: SimulationSettings, beam: Beam, xp) -> tuple[np.ndarray, Any]:
     still = Still(
         Crystal(A_matrix=draws.orientation @ b, ncells=draws.ncells, shape=settings.crystal_shape,
                 mosaic_umats=draws.mosaic_umats),
         Pulse(wavelengths_A=draws.wavelengths_A, weights=draws.weights,
               fluence_photons_per_m2=draws.fluence_photons_per_m2, kahn_factor=beam.kahn_factor,
-              polarization_axis=beam_polarization_axis(beam)),
+              polarization_axis=beam.polarization_axis),
         Numerics(oversample=settings.oversample))
     image = simulate_still(still, detector, sf, rel_tol=settings.rel_tol, xp=xp)
     truth = truth_reflections(still, detector, sf, image=image, xp=xp)  # spot photons before the detector spreads them
@@ -151,7 +133,7 @@ def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, b
     xp = get_array_module(backend)
     sf, cell = load_structure_factors(mtz_path)
     b = b_matrix(cell)
-    det = flat_detector(geometry)
+    det = geometry.panel()
     draws = [draw_frame(settings.draws, seed, dataset_index, i) for i in frames]
     n = len(draws)
     truth_rows: dict[str, list[np.ndarray]] = {c: [] for c in TRUTH_COLUMNS}
@@ -159,7 +141,7 @@ def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, b
     stored = np.zeros(n)
     seconds = []
     with nxmx_writer(path, geometry, n, np.float32, [d.central_wavelength_A for d in draws],
-                     mask=geometry.gap_mask().astype(np.int32), compression=SHARD_COMPRESSION,
+                     mask=geometry.gap_mask().astype(np.int32), compression=IMAGE_COMPRESSION,
                      sensor_thickness_mm=THIN_SENSOR_MM) as (f, data):
         for i, d in enumerate(draws):
             t0 = time.perf_counter()
@@ -182,47 +164,26 @@ def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, b
                 log.info("frame %d: N=%s, %d sources, %d domains, fluence %.3g /m^2: %.4g photons, %d reflections, "
                          "%.2f s", d.frame_index, d.ncells, len(d.wavelengths_A), len(d.mosaic_umats),
                          d.fluence_photons_per_m2, totals[i], m, seconds[-1])
-        g = f.create_group("braggflow")
-        g.attrs["structure"] = structure
-        g.attrs["dataset"] = dataset
-        g.attrs["simulation"] = json.dumps({**settings.provenance(), "beam": beam.as_dict()}, sort_keys=True)
-        g.attrs["versions"] = json.dumps({"braggflow": __version__, "numpy": np.__version__, "h5py": h5py.__version__})
-        g.attrs["units"] = "expected photons per pixel (no noise, no background)"
-        fr = g.create_group("frames")
-        fr["frame_index"] = np.array([d.frame_index for d in draws], np.int64)
-        fr["seed"] = np.array([[d.seed, d.dataset_index, d.frame_index] for d in draws], np.int64)
-        fr["U"] = np.stack([d.orientation for d in draws])
-        fr["A_matrix"] = np.stack([d.orientation @ b for d in draws])
-        fr["ncells"] = np.array([d.ncells for d in draws], np.int64)
-        fr["mosaic_umats"] = np.stack([d.mosaic_umats for d in draws])
-        fr["wavelengths_angstrom"] = np.stack([d.wavelengths_A for d in draws])
-        fr["weights"] = np.stack([d.weights for d in draws])
-        fr["central_wavelength_angstrom"] = np.array([d.central_wavelength_A for d in draws])
-        fr["fluence_photons_per_m2"] = np.array([d.fluence_photons_per_m2 for d in draws])
-        fr["total_photons"] = totals
-        fr["stored_photons"] = stored
-        tr = g.create_group("truth")
-        for c in TRUTH_COLUMNS:
-            tr.create_dataset(c, data=np.concatenate(truth_rows[c]) if n else np.zeros(0), compression="gzip")
+        write_attrs(f, {"structure": structure, "dataset": dataset,
+                        "simulation": {**settings.provenance(), "beam": beam.as_dict()},
+                        "versions": {"braggflow": __version__, "numpy": np.__version__, "h5py": importlib.metadata.version("h5py")},
+                        "units": "expected photons per pixel (no noise, no background)"})
+        write_table(f, FRAMES_PATH, {
+            "frame_index": np.array([d.frame_index for d in draws], np.int64),
+            "seed": np.array([[d.seed, d.dataset_index, d.frame_index] for d in draws], np.int64),
+            "U": np.stack([d.orientation for d in draws]),
+            "A_matrix": np.stack([d.orientation @ b for d in draws]),
+            "ncells": np.array([d.ncells for d in draws], np.int64),
+            "mosaic_umats": np.stack([d.mosaic_umats for d in draws]),
+            "wavelengths_angstrom": np.stack([d.wavelengths_A for d in draws]),
+            "weights": np.stack([d.weights for d in draws]),
+            "central_wavelength_angstrom": np.array([d.central_wavelength_A for d in draws]),
+            "fluence_photons_per_m2": np.array([d.fluence_photons_per_m2 for d in draws]),
+            "total_photons": totals, "stored_photons": stored})
+        write_table(f, TRUTH_PATH, {c: np.concatenate(truth_rows[c]) if n else np.zeros(0) for c in TRUTH_COLUMNS},
+                    TABLE_COMPRESSION)
     return {"frames": n, "seconds_per_frame": float(np.mean(seconds)) if seconds else 0.0}
 
 
 def _jsonable(d: dict) -> dict:
     return {k: (dict(v) if hasattr(v, "items") else v) for k, v in d.items()}
-
-
-def read_shard_frames(path: str | Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return {k: v[()] for k, v in f["braggflow/frames"].items()}
-
-
-def read_truth(path: str | Path):
-    import pandas as pd
-
-    with h5py.File(path, "r") as f:
-        return pd.DataFrame({c: f["braggflow/truth"][c][()] for c in TRUTH_COLUMNS})
-
-
-def read_images(path: str | Path, frames: slice | None = None) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        return f[DATA_PATH][frames if frames is not None else slice(None)]

@@ -3,26 +3,26 @@
 photons(pixel) = N_photons/A_beam * (n_water * t_jet * A_beam) * r_e^2 * |F(q)|^2 * Omega * P
               = N_photons * n_water * t_jet * r_e^2 * |F(q)|^2 * Omega * P
 with |F(q)|^2 per molecule (e^2) from the tabulated liquid-water scattering, and q, the solid angle Omega and
-the polarization factor P of each pixel from pyFAI's geometry. The beam area cancels while the jet is
-wider than the beam.
+the Kahn polarization factor P at each pixel centre of the detector model (``braggflow.detector``; the
+simulator's Omega = pixel^2 close_distance / R^3 and polarization). One model for every detector: the matrix's
+single panel and an experiment's panels alike (tests check it against pyFAI's geometry). The beam area cancels
+while the jet is wider than the beam.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from .beam import Beam
 from .errors import InputError
+from .detector import Detector, Panel
 from .geometry import Geometry
-from .atomicplot import save_figure
-from .io import atomic_path
+from .simulator import polarization_basis
 from .units import R_E_SQUARED_M2
 
 WATER_NUMBER_DENSITY_PER_M3 = 33.37e27  # liquid water, 25 C
@@ -49,24 +49,40 @@ def load_water_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return q, f2
 
 
-def pyfai_geometry(geometry: Geometry):
-    """pyFAI geometry with the point of normal incidence at the beam centre (no detector tilt)."""
-    from pyFAI.geometry import Geometry as PyFAIGeometry
+def pixel_factors(panel: Panel, beam: Beam) -> tuple[np.ndarray, np.ndarray]:
+    """(q in 1/A, Omega * P) at every pixel centre of a panel, (slow, fast) float64, for the beam along -z:
+    the simulator's solid angle (pixel area x close_distance / R^3) and Kahn polarization with the beam's E vector."""
+    pos = np.moveaxis(panel.pixel_centres_lab(), -1, 0)
+    r = np.sqrt(np.sum(pos * pos, axis=0))
+    d = pos / r
+    cos2t = -d[2]  # incident (0, 0, -1)
+    q = 4.0 * np.pi * np.sqrt(np.clip((1.0 - cos2t) / 2.0, 0.0, None)) / beam.wavelength
+    pf, ps = panel.pixel_mm
+    omega = pf * ps * panel.close_distance_mm / r**3
+    e_in, b_in = polarization_basis(beam.polarization_axis)
+    de, db = np.tensordot(e_in, d, 1), np.tensordot(b_in, d, 1)
+    pol = 0.5 * (1.0 + cos2t**2 - beam.kahn_factor * (de * de - db * db))
+    return q, omega * pol
 
-    px = geometry.pixel_size_m
-    bx, by = geometry.beam_center_px
-    return PyFAIGeometry(dist=geometry.camera_length_m, poni1=by * px, poni2=bx * px,
-                         detector=geometry.pyfai_detector(), wavelength=geometry.wavelength_angstrom * 1e-10)
 
-
-def pixel_arrays(geometry: Geometry, beam: Beam) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(q in 1/A, solid angle in sr, polarization factor) per pixel, each (slow, fast) float64."""
-    ai = pyfai_geometry(geometry)
-    q = ai.qArray() / 10.0  # pyFAI gives 1/nm
-    omega = ai.solidAngleArray(absolute=True)
-    # pyFAI's factor is Kahn's K; its axis_offset runs from the detector fast axis toward lab +y.
-    pol = ai.polarization(factor=beam.kahn_factor, axis_offset=beam.polarization_angle_rad)
-    return np.asarray(q, float), np.asarray(omega, float), np.asarray(pol, float)
+def water_photons(detector: Detector, beam: Beam, jet_thickness_m: float,
+                  table_path: str | Path, number_density_per_m3: float = WATER_NUMBER_DENSITY_PER_M3
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(photons, q in 1/A), each (panels, slow, fast) float64: expected water photons per pixel per pulse on a
+    detector whose panels are in the frame where the beam runs along -z, for a beam that knows its wavelength."""
+    if not jet_thickness_m > 0:
+        raise ValueError(f"water jet_thickness must be > 0 m, got {jet_thickness_m!r}")
+    q_tab, f2_tab = load_water_table(table_path)
+    scale = beam.photons_per_pulse * number_density_per_m3 * jet_thickness_m * R_E_SQUARED_M2
+    photons, qs = [], []
+    for panel in detector:
+        q, omega_pol = pixel_factors(panel, beam)
+        if q.max() > q_tab[-1]:
+            raise InputError(table_path, f"water table ends at q = {q_tab[-1]:g} 1/A but the detector reaches "
+                                         f"{q.max():.3f} 1/A (wavelength {beam.wavelength:.4f} A)")
+        photons.append(scale * np.interp(q, q_tab, f2_tab) * omega_pol)
+        qs.append(q)
+    return np.stack(photons), np.stack(qs)
 
 
 @dataclass
@@ -80,15 +96,10 @@ class WaterBackground:
 
 def water_image(geometry: Geometry, beam: Beam, jet_thickness_m: float, table_path: str | Path,
                 number_density_per_m3: float = WATER_NUMBER_DENSITY_PER_M3) -> WaterBackground:
-    if not jet_thickness_m > 0:
-        raise ValueError(f"water.jet_thickness_um must be > 0, got {jet_thickness_m * 1e6}")
-    q_tab, f2_tab = load_water_table(table_path)
-    q, omega, pol = pixel_arrays(geometry, beam)
-    if q.max() > q_tab[-1]:
-        raise InputError(table_path, f"water table ends at q = {q_tab[-1]:g} 1/A but the detector reaches "
-                                     f"{q.max():.3f} 1/A ({geometry.energy_kev:g} keV, {geometry.camera_length_m:g} m)")
-    scale = beam.photons_per_pulse * number_density_per_m3 * jet_thickness_m * R_E_SQUARED_M2
-    photons = scale * np.interp(q, q_tab, f2_tab) * omega * pol
+    """The water background of a dataset: its one panel, 0 in the module gaps pyFAI's definition marks."""
+    photons, q = water_photons(geometry.detector(), beam.at_wavelength(geometry.wavelength_angstrom), jet_thickness_m,
+                               table_path, number_density_per_m3)
+    photons, q = photons[0], q[0]
     mask = geometry.gap_mask()
     photons[mask] = 0.0
     params = {
@@ -101,49 +112,3 @@ def water_image(geometry: Geometry, beam: Beam, jet_thickness_m: float, table_pa
         "table_sha256": hashlib.sha256(Path(table_path).read_bytes()).hexdigest(),
     }
     return WaterBackground(photons.astype(np.float32), q.astype(np.float32), mask, geometry, params)
-
-
-def write_background(path: str | Path, bg: WaterBackground) -> None:
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        opts = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-        ds = f.create_dataset("water_photons", data=bg.photons, **opts)
-        ds.attrs["units"] = "photons per pixel per pulse"
-        f.create_dataset("q_inv_angstrom", data=bg.q_inv_angstrom, **opts).attrs["units"] = "1/angstrom"
-        f.create_dataset("pixel_mask", data=bg.mask.astype(np.uint8), **opts).attrs["meaning"] = "1 = module gap"
-        f.attrs["geometry"] = json.dumps(bg.geometry.as_dict())
-        f.attrs["params"] = json.dumps(bg.params, sort_keys=True)
-
-
-def read_background(path: str | Path) -> WaterBackground:
-    with h5py.File(path, "r") as f:
-        return WaterBackground(f["water_photons"][()], f["q_inv_angstrom"][()], f["pixel_mask"][()].astype(bool),
-                               Geometry.from_dict(json.loads(f.attrs["geometry"])), json.loads(f.attrs["params"]))
-
-
-def plot_background(path: str | Path, bg: WaterBackground, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    img = np.ma.masked_where(bg.mask | (bg.photons <= 0), bg.photons)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.1, 1]})
-    fig.subplots_adjust(left=0.06, right=0.98, wspace=0.35)
-    im = ax1.imshow(img, norm=LogNorm(vmin=max(img.min(), img.max() * 1e-2), vmax=img.max()), cmap="magma",
-                    origin="upper", interpolation="nearest")
-    fig.colorbar(im, ax=ax1, label="photons / pixel / pulse")
-    bx, by = bg.geometry.beam_center_px
-    ax1.plot([bx], [by], "c+", ms=10)
-    ax1.set(xlabel="fast (px)", ylabel="slow (px)", title=title or "water background")
-    good = ~bg.mask
-    order = np.argsort(bg.q_inv_angstrom[good])
-    qs, ps = bg.q_inv_angstrom[good][order], bg.photons[good][order]
-    edges = np.linspace(qs[0], qs[-1], 200)
-    idx = np.digitize(qs, edges)
-    prof = np.array([ps[idx == i].mean() if np.any(idx == i) else np.nan for i in range(1, len(edges))])
-    ax2.plot(0.5 * (edges[1:] + edges[:-1]), prof)
-    ax2.axvline(2.05, color="grey", ls=":", label="q = 2.05 1/Å (water peak)")
-    ax2.set(xlabel="q (1/Å)", ylabel="mean photons / pixel", title="azimuthal average")
-    ax2.legend()
-    save_figure(fig, path, dpi=90)

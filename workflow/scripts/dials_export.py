@@ -13,17 +13,12 @@ given to dials.stills_process in order, one a line (several CBFs, one frame each
 files): a frame's number is then the frame counts (from dxtbx) of the files before its own plus its index
 within its file; paths are matched by realpath.
 
-Per frame: n_strong, indexed, a_matrix (A = UB, lab frame, 1/A, row-major), cell, n_indexed, n_integrated,
-rmsd_px, and the geometry DIALS used (imported.expt of every frame, integrated.expt where indexed; NaN where
-absent): s0 (n, 3) 1/A, panel_origin_mm / panel_fast_axis / panel_slow_axis (n, P, 3), panel_pixel_size_mm
-(n, P, 2) (fast, slow), panel_image_size (n, P, 2) (fast, slow), P = panels of the first experiment found;
-panel_parallax_mu_per_mm, panel_parallax_t0_mm (n, P): the parallax correction DIALS' pixel coordinates include
-(dxtbx ParallaxCorrectedPxMmStrategy; 0 where none, NaN where unknown): a point (x, y) mm on a panel is pixel
+The arrays (per frame, per integrated reflection, per strong spot) are those of src/braggflow/formats/dials_export.py,
+which writes them. The geometry is the one DIALS used: imported.expt of every frame, integrated.expt where indexed,
+P = panels of the first experiment found. The parallax correction DIALS' pixel coordinates include (dxtbx
+ParallaxCorrectedPxMmStrategy; 0 where none, NaN where unknown): a point (x, y) mm on a panel is pixel
 ((x, y) + (u.fast, u.slow) o) / pixel_size, u the unit ray to it, o = 1/mu - (t0/cos + 1/mu) exp(-mu t0/cos),
 cos = u.normal (CSPAD: ~0.5 px).
-Per integrated reflection: refl_frame, refl_h/k/l, refl_x_obs/y_obs, refl_x_cal/y_cal (DIALS pixel coordinates
-on refl_panel), refl_intensity, refl_variance, refl_partiality, refl_d, refl_panel, refl_i_over_sigma.
-Per strong spot: strong_frame, strong_panel, strong_x, strong_y (xyzobs.px.value).
 """
 
 import argparse
@@ -39,26 +34,14 @@ from dxtbx.model.experiment_list import ExperimentListFactory
 PROG = "dials_export.py"
 USAGE = "libtbx.python dials_export.py <stills_process output dir> <n frames> <out.npz> [<input list>]"
 # braggflow's src/ in the checkout this program belongs to (workflow/scripts/ -> ../../src): DIALS' Python need
-# not have braggflow installed, and braggflow.io needs only the standard library.
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
-
-GEOMETRY_SHAPES = {"s0": (3,), "panel_origin_mm": (None, 3), "panel_fast_axis": (None, 3),
-                   "panel_slow_axis": (None, 3), "panel_pixel_size_mm": (None, 2), "panel_image_size": (None, 2),
-                   "panel_parallax_mu_per_mm": (None,), "panel_parallax_t0_mm": (None,)}
-REFLECTION_COLUMNS = ("frame", "h", "k", "l", "x_obs", "y_obs", "x_cal", "y_cal", "intensity", "variance",
-                      "partiality", "d", "panel", "i_over_sigma")
-STRONG_DTYPES = {"frame": np.int64, "panel": np.int64, "x": float, "y": float}
-
-
-def count(text):
-    """argparse type of <n frames>: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+# not have braggflow installed, and the modules used here (formats.dials_export, logs) need only NumPy and the
+# standard library.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "src"))
+from braggflow.formats.dials_export import (GEOMETRY_SHAPES, REFLECTION_COLUMNS,  # noqa: E402
+                                            STRONG_COLUMNS, write_dials_export)
+from braggflow.cli import nonnegative_int  # noqa: E402
+from braggflow.logs import sigterm_exits  # noqa: E402
 
 
 def parse_args(args=None):
@@ -68,7 +51,7 @@ def parse_args(args=None):
                                      description="dials.stills_process outputs of one shard -> one .npz of "
                                                  "plain arrays (see the program's docstring).")
     parser.add_argument("out_dir", help="dials.stills_process output directory (output.output_dir)")
-    parser.add_argument("n_frames", type=count, help="frames given to dials.stills_process")
+    parser.add_argument("n_frames", type=nonnegative_int, help="frames given to dials.stills_process")
     parser.add_argument("out_path", help="the .npz to write")
     parser.add_argument("list_path", nargs="?", default=None,
                         help="text file naming the input files given to dials.stills_process, in order")
@@ -80,17 +63,6 @@ def parse_args(args=None):
     if os.path.isdir(options.out_path):
         parser.error(f"argument out_path: {options.out_path} is a directory")
     return options
-
-
-def braggflow_writers():
-    """(braggflow.io.atomic_path, braggflow.logs.sigterm_exits) from this checkout's src/: standard library only,
-    so they run in DIALS' Python. Temporaries are .<name>.<host>.<pid>.<random>.tmp beside the target."""
-    if SRC not in sys.path:
-        sys.path.insert(0, SRC)
-    from braggflow.io import atomic_path
-    from braggflow.logs import sigterm_exits
-
-    return atomic_path, sigterm_exits
 
 
 def frame_count(path, list_path):
@@ -244,7 +216,7 @@ class Geometry:
 def read_imported(out_dir, frames, geometry):
     """Every frame's imported geometry and its strong spots: n_strong and the strong_* arrays by name."""
     n_strong = np.zeros(frames.n_frames, np.int64)
-    columns = {k: [] for k in STRONG_DTYPES}
+    columns = {k: [] for k in STRONG_COLUMNS}
     for expt_path in sorted(glob.glob(os.path.join(out_dir, "*_imported.expt"))):
         experiments, lost = load_experiments(expt_path)
         for expt, parallax_lost in zip(experiments, lost):
@@ -264,7 +236,7 @@ def read_imported(out_dir, frames, geometry):
             columns["panel"].append(panel[sel])
             columns["x"].append(xy[sel, 0])
             columns["y"].append(xy[sel, 1])
-    strong = {"strong_" + k: (np.concatenate(v) if v else np.zeros(0, STRONG_DTYPES[k])) for k, v in columns.items()}
+    strong = {"strong_" + k: (np.concatenate(v) if v else np.zeros(0, STRONG_COLUMNS[k])) for k, v in columns.items()}
     return n_strong, strong
 
 
@@ -327,26 +299,17 @@ def read_integrated(out_dir, frames, geometry):
     return per_frame, {"refl_" + k: v for k, v in refl.items()}
 
 
-def write_export(out_path, arrays):
-    """The arrays (name -> array, in order) as one .npz at ``out_path``, atomically. np.savez writes to an open
-    file: given a path it would add ".npz" to the temporary file's name."""
-    atomic_path, _ = braggflow_writers()
-    with atomic_path(out_path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
 def run(args=None):
     """dials_export.py's command line (``args``, default sys.argv[1:]): read the stills_process outputs, write
     the .npz."""
     options = parse_args(args)
-    _, sigterm_exits = braggflow_writers()
     with sigterm_exits(PROG):
         frames = FrameNumbers(options.n_frames, options.list_path)
         geometry = Geometry(options.n_frames)
         n_strong, strong = read_imported(options.out_dir, frames, geometry)
         per_frame, refl = read_integrated(options.out_dir, frames, geometry)
         arrays = {"n_strong": n_strong, **per_frame, **refl, **strong, **geometry.arrays()}
-        write_export(options.out_path, arrays)
+        write_dials_export(options.out_path, arrays)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 import pandas as pd
 
-from braggflow.dials import dataset_scores, plot_scores
+from braggflow.dials import dataset_scores
+from braggflow.figures.dials import plot_scores
 from braggflow.io import atomic_path
 from braggflow.logs import logged
-from braggflow.tables import read_table
+from braggflow.formats.tables import read_table
 
 with logged(snakemake.log[0]) as log:
     per_frame, per_refl = [], []

@@ -1,6 +1,6 @@
 from braggflow.dials import score_shard
 from braggflow.logs import logged
-from braggflow.tables import write_tables
+from braggflow.formats.tables import write_tables
 
 with logged(snakemake.log[0]) as log:
     frames, reflections = score_shard(snakemake.input.export, snakemake.input.frames, snakemake.params.spacegroup,

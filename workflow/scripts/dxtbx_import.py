@@ -4,23 +4,11 @@ usage: libtbx.python dxtbx_import.py [--untrusted-border-px=N] <out.h5> <adu_per
 
 Reads every format dxtbx reads (CBF, multi-frame NXmx HDF5, Eiger master files, ...) and writes <out.h5>
 atomically (a temporary file beside it, .<name>.<host>.<pid>.<random>.tmp as braggflow.io.atomic_path names it,
-renamed onto it; removed on any failure or SIGTERM):
-  /data                      float32 (frames, panels, slow, fast), one frame per chunk, gzip 4: photons =
-                             raw counts / adu_per_photon clipped to >= 0; untrusted pixels (outside the panel's
-                             trusted range, in the imageset's static/dynamic mask, or within N px of a panel's
-                             border with --untrusted-border-px) are exactly -1.0
-  /panels/name               (P,) UTF-8 strings (dxtbx panel names; "panel{i}" where empty)
-  /panels/origin_mm          (P, 3) float64 \
-  /panels/fast_axis          (P, 3) unit     |  dxtbx lab frame, detector of the first frame
-  /panels/slow_axis          (P, 3) unit     |
-  /panels/pixel_size_mm      (P, 2) (fast, slow)
-  /panels/image_size         (P, 2) int64 (fast, slow)
-  /frames/wavelength_angstrom (n,) float64
-  /frames/beam_direction      (n, 3) unit vector along s0 (beam.get_unit_s0())
-  /frames/source_file         (n,) UTF-8 strings, the input paths as given
-  /frames/source_index        (n,) int64, frame index within its source file
-  attrs: adu_per_photon, format_class (of the first image), n_panels, layout = "frames, panels, slow, fast",
-         untrusted_border_px
+renamed onto it; removed on any failure or SIGTERM)
+in braggflow's frames-file layout (src/braggflow/formats/frames.py, which writes it): photons = raw counts /
+adu_per_photon clipped to >= 0; untrusted pixels (outside the panel's trusted range, in the imageset's static or
+dynamic mask, or within N px of a panel's border with --untrusted-border-px) are exactly -1.0; the panels are the
+first frame's dxtbx detector (names "panel{i}" where dxtbx has none), each frame keeps its own beam.
 Frames: input files in the given order, frames within a file in order. Pixel coordinates follow DIALS
 (x = fast, y = slow, pixel i spans [i, i+1)).
 """
@@ -29,17 +17,20 @@ import argparse
 import os
 import sys
 
-import h5py
 import numpy as np
 from dxtbx.model.experiment_list import ExperimentListFactory
 
 PROG = "dxtbx_import.py"
 USAGE = "libtbx.python dxtbx_import.py [--untrusted-border-px=N] <out.h5> <adu_per_photon> <input file> [...]"
-LAYOUT = "frames, panels, slow, fast"
 # braggflow's src/ in the checkout this program belongs to (workflow/scripts/ -> ../../src): DIALS' Python need
-# not have braggflow installed, and braggflow.io needs only the standard library.
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
-PANEL_ARRAYS = ("origin_mm", "fast_axis", "slow_axis", "pixel_size_mm", "image_size")
+# not have braggflow installed, and the modules used here (formats.frames, logs) need only NumPy, h5py and the
+# standard library.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "src"))
+from braggflow.cli import nonnegative_int  # noqa: E402
+from braggflow.detector import Detector  # noqa: E402
+from braggflow.formats.frames import frames_writer  # noqa: E402
+from braggflow.logs import sigterm_exits  # noqa: E402
 
 
 class InputFileError(Exception):
@@ -47,17 +38,6 @@ class InputFileError(Exception):
 
     def __init__(self, path, message):
         super().__init__(f"{path}: {message}")
-
-
-def border_width(text):
-    """argparse type of --untrusted-border-px: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
 
 
 def positive_number(text):
@@ -77,7 +57,7 @@ def parse_args(args=None):
     parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, allow_abbrev=False,
                                      description="Image files dxtbx reads -> one HDF5 file of photons (see the "
                                                  "program's docstring).")
-    parser.add_argument("--untrusted-border-px", type=border_width, default=0, metavar="N",
+    parser.add_argument("--untrusted-border-px", type=nonnegative_int, default=0, metavar="N",
                         help="mark pixels within N px of every panel's border untrusted (-1.0)")
     parser.add_argument("out_path", help="the HDF5 file to write")
     parser.add_argument("adu_per_photon", type=positive_number, help="raw counts per photon")
@@ -86,17 +66,6 @@ def parse_args(args=None):
     if os.path.isdir(options.out_path):
         parser.error(f"argument out_path: {options.out_path} is a directory")
     return options
-
-
-def braggflow_writers():
-    """(braggflow.io.atomic_path, braggflow.logs.sigterm_exits) from this checkout's src/: standard library only,
-    so they run in DIALS' Python. Temporaries are .<name>.<host>.<pid>.<random>.tmp beside the target."""
-    if SRC not in sys.path:
-        sys.path.insert(0, SRC)
-    from braggflow.io import atomic_path
-    from braggflow.logs import sigterm_exits
-
-    return atomic_path, sigterm_exits
 
 
 def load_imagesets(path):
@@ -211,27 +180,13 @@ def photons(imageset, i, detector, adu_per_photon, shape, border_px=0):
 
 
 def write_frames(out_path, frames, table, shape, format_class, adu_per_photon, border_px):
-    """Pass 2: every frame's photons, beam and the first frame's panels into ``out_path``, atomically."""
+    """Pass 2: every frame's photons, beam and the first frame's panels into ``out_path``, atomically, through
+    braggflow's frames-file writer (braggflow.formats.frames)."""
     n_panels = len(table["name"])
     first_path = frames[0][0]
-    text = h5py.string_dtype("utf-8")
-    n = len(frames)
-    atomic_path, _ = braggflow_writers()
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["adu_per_photon"] = adu_per_photon
-        f.attrs["format_class"] = format_class
-        f.attrs["n_panels"] = n_panels
-        f.attrs["layout"] = LAYOUT
-        f.attrs["untrusted_border_px"] = border_px
-        data = f.create_dataset("data", shape=(n, n_panels) + shape, dtype=np.float32,
-                                chunks=(1, n_panels) + shape, compression="gzip", compression_opts=4)
-        g = f.create_group("panels")
-        g.create_dataset("name", data=np.array(table["name"], dtype=object), dtype=text)
-        for key in PANEL_ARRAYS:
-            g.create_dataset(key, data=table[key])
-        wavelength = np.zeros(n, np.float64)
-        direction = np.zeros((n, 3), np.float64)
-        source_index = np.zeros(n, np.int64)
+    panels = Detector.from_arrays(table["name"], table["origin_mm"], table["fast_axis"], table["slow_axis"],
+                                  table["pixel_size_mm"], table["image_size"])
+    with frames_writer(out_path, len(frames), panels, adu_per_photon, format_class, border_px) as (data, columns):
         for k, (path, imageset, i, index_in_file) in enumerate(frames):
             try:
                 detector = frame_detector(imageset, i)
@@ -239,26 +194,18 @@ def write_frames(out_path, frames, table, shape, format_class, adu_per_photon, b
                     raise InputFileError(path, f"frame {index_in_file}: {len(detector)} panels, "
                                                f"the first frame ({first_path}) has {n_panels}")
                 beam = frame_beam(imageset, i)
-                wavelength[k] = beam.get_wavelength()
-                direction[k] = beam.get_unit_s0()
-                source_index[k] = index_in_file
+                columns.set(k, beam.get_wavelength(), beam.get_unit_s0(), path, index_in_file)
                 data[k] = photons(imageset, i, detector, adu_per_photon, shape, border_px)
             except InputFileError:
                 raise
             except Exception as exc:
                 raise InputFileError(path, f"frame {index_in_file}: {type(exc).__name__}: {exc}") from None
-        fr = f.create_group("frames")
-        fr.create_dataset("wavelength_angstrom", data=wavelength)
-        fr.create_dataset("beam_direction", data=direction)
-        fr.create_dataset("source_file", data=np.array([frame[0] for frame in frames], dtype=object), dtype=text)
-        fr.create_dataset("source_index", data=source_index)
 
 
 def run(args=None):
     """dxtbx_import.py's command line (``args``, default sys.argv[1:]): read the input files, write the HDF5
     file. Errors exit with a message naming the input file (or the output where the input is not to blame)."""
     options = parse_args(args)
-    _, sigterm_exits = braggflow_writers()
     with sigterm_exits(PROG):
         try:
             frames = list_frames(options.inputs)

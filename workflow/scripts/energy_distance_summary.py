@@ -1,6 +1,6 @@
 from braggflow.logs import logged
-from braggflow.ml.pipeline import (energy_distance_table, plot_energy_distance_confusions, plot_learning_curves_of,
-                                   write_tsv)
+from braggflow.figures.training import plot_energy_distance_confusions, plot_learning_curves_of
+from braggflow.ml.pipeline import energy_distance_table, write_tsv
 
 with logged(snakemake.log[0]) as log:
     i, o = snakemake.input, snakemake.output

@@ -1,4 +1,5 @@
-from braggflow.evaluate import offsets_by_resolution, plot_offsets, read_tables
+from braggflow.evaluate import offsets_by_resolution, read_tables
+from braggflow.figures.evaluation import plot_offsets
 from braggflow.logs import logged
 
 with logged(snakemake.log[0]) as log:

@@ -1,7 +1,8 @@
 import pandas as pd
 
-from braggflow.evaluate import classifier_table, offsets_by_resolution, plot_summary, rank_models, read_tables
+from braggflow.evaluate import classifier_table, offsets_by_resolution, rank_models, read_tables
 from braggflow.evaluate import summarize
+from braggflow.figures.evaluation import plot_summary
 from braggflow.io import atomic_path
 from braggflow.logs import logged
 

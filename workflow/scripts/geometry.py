@@ -1,6 +1,6 @@
 import json
 
-from braggflow.crystfel import write_crystfel_geometry
+from braggflow.formats.crystfel import write_crystfel_geometry
 from braggflow.geometry import Geometry
 from braggflow.io import write_text_atomic
 from braggflow.logs import logged

@@ -6,7 +6,7 @@ from braggflow.logs import logged
 from braggflow.matched import experiment_wavelength_angstrom, write_matched_shard
 from braggflow.outliers import read_outlier_pixels
 from braggflow.overlay import OverlaySettings
-from braggflow.panels import read_frames_info
+from braggflow.formats.frames import read_frames_info
 from braggflow.shards import SimulationSettings
 
 with logged(snakemake.log[0]) as log:

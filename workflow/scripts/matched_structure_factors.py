@@ -1,7 +1,8 @@
 from braggflow.logs import logged
 from braggflow.matched import experiment_energy_and_d_min
-from braggflow.panels import read_frames_info
-from braggflow.sf import compute_sf_table, sf_summary, write_mtz
+from braggflow.formats.frames import read_frames_info
+from braggflow.formats.mtz import write_mtz
+from braggflow.sf import compute_sf_table, sf_summary
 from braggflow.structures import read_structure
 
 with logged(snakemake.log[0]) as log:

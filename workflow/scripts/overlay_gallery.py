@@ -1,5 +1,5 @@
 from braggflow.logs import logged
-from braggflow.overlay import plot_gallery
+from braggflow.figures.overlays import plot_gallery
 
 with logged(snakemake.log[0]):
     w = snakemake.wildcards

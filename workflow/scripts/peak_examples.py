@@ -1,5 +1,5 @@
 from braggflow.logs import logged
-from braggflow.ml.pipeline import plot_peak_examples
+from braggflow.figures.training import plot_peak_examples
 from braggflow.settings import TrainingSettings
 
 with logged(snakemake.log[0]) as log:

@@ -1,5 +1,6 @@
 from braggflow.logs import logged
-from braggflow.ml.pipeline import peak_finding_table, plot_learning_curves_of, write_tsv
+from braggflow.figures.training import plot_learning_curves_of
+from braggflow.ml.pipeline import peak_finding_table, write_tsv
 
 with logged(snakemake.log[0]) as log:
     i, datasets = snakemake.input, snakemake.params.datasets

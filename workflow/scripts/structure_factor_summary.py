@@ -1,5 +1,6 @@
 from braggflow.logs import logged
-from braggflow.sf import plot_resolution_shells, summarise_mtz_files, write_summary
+from braggflow.figures.structure_factors import plot_resolution_shells
+from braggflow.sf import summarise_mtz_files, write_summary
 
 with logged(snakemake.log[0]):
     rows, shells = summarise_mtz_files(snakemake.input.mtz, snakemake.params.labels)

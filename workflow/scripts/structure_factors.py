@@ -1,5 +1,6 @@
 from braggflow.logs import logged
-from braggflow.sf import compute_sf_table, sf_summary, write_mtz
+from braggflow.formats.mtz import write_mtz
+from braggflow.sf import compute_sf_table, sf_summary
 from braggflow.structures import read_structure
 
 with logged(snakemake.log[0]) as log:

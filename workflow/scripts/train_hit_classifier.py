@@ -1,13 +1,10 @@
-from braggflow.gpu import claim_gpu
 from braggflow.logs import logged
 from braggflow.settings import TrainingRun, TrainingSettings
 from braggflow.ml.pipeline import run_hit_classifier
 
 with logged(snakemake.log[0]) as log:
     cfg = TrainingSettings.from_params(snakemake.params.training)
-    run = TrainingRun.from_job(snakemake.config, snakemake.threads)
-    if run.device != "cpu":
-        log.info("GPU claimed for this job: %s", claim_gpu())
+    run = TrainingRun.from_job(snakemake.config, snakemake.threads, log)
     o = snakemake.output
     metrics = run_hit_classifier(list(snakemake.input), weights=o.weights, card=o.card, history=o.history,
                                  cfg=cfg, run=run, seed=snakemake.params.seed, log=log)

@@ -1,7 +1,9 @@
 from braggflow.beam import Beam
 from braggflow.geometry import Geometry
 from braggflow.logs import logged
-from braggflow.water import plot_background, water_image, write_background
+from braggflow.figures.water import plot_background
+from braggflow.formats.background import write_background
+from braggflow.water import water_image
 
 with logged(snakemake.log[0]) as log:
     geometry = Geometry.from_dict(snakemake.params.geometry)

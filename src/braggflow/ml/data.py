@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from ..nxmx import DATA_PATH
+from ..formats import shards as S
 
 SPLITS = ("train", "validation", "test")
-LABEL_PATH = "braggflow/labels/peak_mask"
 TILE_STREAM, SPLIT_STREAM = 0x711E, 0x5717
 
 
@@ -51,18 +47,8 @@ def index_shards(paths: Sequence[str | Path]) -> list[FrameRef]:
     """Every frame of the given overlay shards (reads only the small per-frame tables)."""
     refs: list[FrameRef] = []
     for p in paths:
-        try:
-            with h5py.File(p, "r") as f:
-                geometry = json.loads(f["entry/braggflow_geometry"][()])
-                g = f["braggflow/frames"]
-                frame_index, hit, n_peaks = g["frame_index"][()], g["hit"][()], g["n_peaks"][()]
-                dataset = str(f["braggflow"].attrs["dataset"])
-                if f[DATA_PATH].shape[0] != len(frame_index):
-                    raise InputError(p, f"{DATA_PATH} has {f[DATA_PATH].shape[0]} frames, the frame table "
-                                        f"{len(frame_index)}")
-        except (OSError, KeyError) as exc:
-            raise InputError(p, f"not a readable overlay shard ({exc})") from None
-        for row, (fi, h, n) in enumerate(zip(frame_index, hit, n_peaks)):
+        geometry, cols, dataset = S.index_training_shard(p)
+        for row, (fi, h, n) in enumerate(zip(cols["frame_index"], cols["hit"], cols["n_peaks"])):
             refs.append(FrameRef(str(p), row, int(fi), dataset, float(geometry["energy_kev"]),
                                  float(geometry["camera_length_m"]), int(h), int(n)))
     return refs
@@ -96,30 +82,33 @@ def split_frames(refs: Sequence[FrameRef], seed: int, validation_fraction: float
     return out
 
 
+def frame_splits(paths: Sequence[str | Path], cfg, seed: int) -> dict[str, list[FrameRef]]:
+    """The frames of these shards split into train / validation / test (``cfg``: the training settings)."""
+    refs = index_shards(paths)
+    splits = split_frames(refs, seed, cfg.validation_fraction, cfg.test_fraction)
+    if not splits["train"]:
+        raise ValueError(f"no training frames in {[str(p) for p in paths]}: config key "
+                         "'simulation.frames_per_dataset' must give at least 3 frames per dataset")
+    return splits
+
+
 def read_frame(ref: FrameRef) -> tuple[np.ndarray, np.ndarray]:
     """(counts int32 (slow, fast) with -1 where untrusted, peak label bool)."""
-    with h5py.File(ref.path, "r") as f:
-        return f[DATA_PATH][ref.row], f[LABEL_PATH][ref.row].astype(bool)
+    return S.read_images(ref.path, ref.row), S.read_label(ref.path, ref.row)
 
 
 def read_counts_only(ref: FrameRef) -> np.ndarray:
-    with h5py.File(ref.path, "r") as f:
-        return f[DATA_PATH][ref.row]
+    return S.read_images(ref.path, ref.row)
 
 
 def read_frame_truth(ref: FrameRef) -> pd.DataFrame:
     """Truth reflections of one frame (DIALS continuous px; pixel i spans [i, i+1))."""
-    with h5py.File(ref.path, "r") as f:
-        g = f["braggflow/truth"]
-        fi = g["frame_index"][()]
-        sel = fi == ref.frame_index
-        return pd.DataFrame({k: g[k][()][sel] for k in ("x_px", "y_px", "photons", "visible")})
+    return S.read_truth(ref.path, ("x_px", "y_px", "photons", "visible"), ref.frame_index)
 
 
 def beam_center_px(ref: FrameRef) -> tuple[float, float]:
     """(fast, slow) beam centre: a detector property, the same for every dataset of a matrix."""
-    with h5py.File(ref.path, "r") as f:
-        fast, slow = json.loads(f["entry/braggflow_geometry"][()])["beam_center_px"]
+    fast, slow = S.read_geometry(ref.path)["beam_center_px"]
     return float(fast), float(slow)
 
 

@@ -6,11 +6,11 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from ..formats import profiles
+from ..formats.profiles import profiles_writer
 from ..io import atomic_path, write_text_atomic
 from ..settings import TrainingRun, TrainingSettings
 from . import data as D
@@ -19,15 +19,6 @@ from .determinism import kernel_settings, pin_cpu_kernels
 
 # Before anything imports torch: the same CPU kernels on every AVX2 machine (determinism.pin_cpu_kernels).
 pin_cpu_kernels()
-
-
-def _split(paths: Sequence[str | Path], cfg: TrainingSettings, seed: int) -> dict[str, list[D.FrameRef]]:
-    refs = D.index_shards(paths)
-    splits = D.split_frames(refs, seed, cfg.validation_fraction, cfg.test_fraction)
-    if not splits["train"]:
-        raise ValueError(f"no training frames in {[str(p) for p in paths]}: config key "
-                         "'simulation.frames_per_dataset' must give at least 3 frames per dataset")
-    return splits
 
 
 def _split_names(splits) -> dict[str, list[str]]:
@@ -46,7 +37,7 @@ def _json(path, obj) -> None:
 def _setup(run: TrainingRun):
     import torch
 
-    from .train import torch_device
+    from .fit import torch_device
 
     torch.set_num_threads(run.threads)
     return torch_device(run.device)
@@ -55,10 +46,10 @@ def _setup(run: TrainingRun):
 def run_peak_finder(shards: Sequence[str], *, weights: str, card: str, history: str, spots: str,
                     cfg: TrainingSettings, run: TrainingRun, seed: int, log=None) -> dict:
     from .models import save_weights
-    from .train import cnn_spots, score_spots, train_peak_finder, tune_cnn_spots
+    from .peak_finder import cnn_spots, score_spots, train_peak_finder, tune_cnn_spots
 
     device = _setup(run)
-    splits = _split(shards, cfg, seed)
+    splits = D.frame_splits(shards, cfg, seed)
     model, result = train_peak_finder(splits, cfg, seed, device, log)
     save_weights(model, weights)
     _write_history(history, result.history)
@@ -90,7 +81,7 @@ def _write_card(card, name, arch, arguments, splits, shards, weights, metrics, r
 
 def _write_card_split(card, name, arch, arguments, datasets, split, inputs, weights, metrics, result, cfg, seed,
                       frames_per_epoch) -> None:
-    from .train import config_hash
+    from .fit import config_hash
 
     epochs = len(result.history)
     training = {"seconds": result.seconds, "epochs_run": epochs, "best_epoch": result.best_epoch,
@@ -106,10 +97,10 @@ def _write_card_split(card, name, arch, arguments, datasets, split, inputs, weig
 def run_hit_classifier(shards: Sequence[str], *, weights: str, card: str, history: str, cfg: TrainingSettings,
                        run: TrainingRun, seed: int, log=None) -> dict:
     from .models import save_weights
-    from .train import train_hit_classifier
+    from .hit_classifier import train_hit_classifier
 
     device = _setup(run)
-    splits = _split(shards, cfg, seed)
+    splits = D.frame_splits(shards, cfg, seed)
     model, result, metrics = train_hit_classifier(splits, cfg, seed, device, log)
     save_weights(model, weights)
     _write_history(history, result.history)
@@ -122,44 +113,32 @@ def write_profiles(path: str, shards: Sequence[str], *, energies_kev: Sequence[f
                    distances_m: Sequence[float], cfg: TrainingSettings, seed: int, log=None) -> dict:
     """Polar profiles (for the CNN) and azimuthal averages (for the baseline) of every frame, with class labels
     and the split: what both energy / camera-length models train and are scored on (HDF5, a few kB per frame)."""
-    import h5py
-
-    from .train import profile_features
+    from .energy_distance import profile_features
 
     e = cfg.energy_distance
-    splits = _split(shards, cfg, seed)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    splits = D.frame_splits(shards, cfg, seed)
+    with profiles_writer(path, energies_kev=energies_kev, camera_lengths_m=distances_m, sources=shards) as write:
         for s in D.SPLITS:
             t0 = time.perf_counter()
             ps = profile_features(splits[s], energies_kev, distances_m, e.radial_bins, e.sectors)
-            g = f.create_group(s)
-            g["polar"], g["profile"], g["energy"], g["distance"] = ps.polar, ps.profile, ps.energy, ps.distance
-            g["frame"] = np.array([f"{r.dataset}/{r.frame_index}" for r in splits[s]], dtype=h5py.string_dtype())
+            write(s, {"polar": ps.polar, "profile": ps.profile, "energy": ps.energy, "distance": ps.distance},
+                  [f"{r.dataset}/{r.frame_index}" for r in splits[s]])
             if log:
                 log.info("%s: %d frames in %.1f s", s, len(splits[s]), time.perf_counter() - t0)
-        f.attrs["energies_kev"], f.attrs["camera_lengths_m"] = list(energies_kev), list(distances_m)
-        f.attrs["sources"] = json.dumps([Path(p).as_posix() for p in shards])
     return {s: len(v) for s, v in splits.items()}
 
 
 def read_profiles(path: str):
-    import h5py
+    from .energy_distance import ProfileSet
 
-    from .train import ProfileSet
-
-    with h5py.File(path, "r") as f:
-        sets = {s: ProfileSet(f[s]["polar"][()], f[s]["profile"][()], f[s]["energy"][()], f[s]["distance"][()])
-                for s in D.SPLITS}
-        split = {s: [v.decode() for v in f[s]["frame"][()]] for s in D.SPLITS}
-        classes = {"energies_kev": [float(v) for v in f.attrs["energies_kev"]],
-                   "camera_lengths_m": [float(v) for v in f.attrs["camera_lengths_m"]]}
-    return sets, split, classes
+    arrays, split, classes = profiles.read_profiles(path, D.SPLITS)
+    return {s: ProfileSet(**a) for s, a in arrays.items()}, split, classes
 
 
 def run_energy_distance(profiles: str, *, weights: str, card: str, history: str, cfg: TrainingSettings,
                         run: TrainingRun, seed: int, log=None) -> dict:
     from .models import save_weights
-    from .train import train_energy_distance
+    from .energy_distance import train_energy_distance
 
     device = _setup(run)
     sets, split, classes = read_profiles(profiles)
@@ -177,7 +156,7 @@ def run_energy_distance(profiles: str, *, weights: str, card: str, history: str,
 
 
 def run_baseline_energy_distance(profiles: str, *, out: str, seed: int) -> dict:
-    from .train import baseline_energy_distance
+    from .energy_distance import baseline_energy_distance
 
     sets, split, classes = read_profiles(profiles)
     metrics = baseline_energy_distance(sets, len(classes["energies_kev"]), len(classes["camera_lengths_m"]), seed)
@@ -188,9 +167,9 @@ def run_baseline_energy_distance(profiles: str, *, out: str, seed: int) -> dict:
 
 
 def run_baseline_peaks(shards: Sequence[str], *, out: str, cfg: TrainingSettings, seed: int, log=None) -> dict:
-    from .train import baseline_peak_finding
+    from .peak_finder import baseline_peak_finding
 
-    result = baseline_peak_finding(_split(shards, cfg, seed), cfg, log)
+    result = baseline_peak_finding(D.frame_splits(shards, cfg, seed), cfg, log)
     _json(out, result)
     return result["test"]
 
@@ -225,44 +204,3 @@ def energy_distance_table(card: str, baseline: str) -> pd.DataFrame:
 def write_tsv(path, table: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
-
-
-def plot_energy_distance_confusions(path: str, card: str, baseline: str) -> None:
-    from .plots import plot_confusions
-
-    cnn, base = read_card(card), json.loads(Path(baseline).read_text())
-    classes = cnn["metrics"]["classes"]
-    e_labels = [f"{e:g} keV" for e in classes["energies_kev"]]
-    d_labels = [f"{1000 * d:g} mm" for d in classes["camera_lengths_m"]]
-    panels = [("CNN energy", cnn["metrics"]["test"]["energy_confusion"], e_labels),
-              ("CNN camera length", cnn["metrics"]["test"]["distance_confusion"], d_labels),
-              ("baseline energy", base["test"]["energy_confusion"], e_labels),
-              ("baseline camera length", base["test"]["distance_confusion"], d_labels)]
-    plot_confusions(path, panels, "Photon energy and camera length on held-out frames (rows: true)")
-
-
-def plot_learning_curves_of(path: str, histories: dict[str, str], title: str) -> None:
-    from .plots import plot_learning_curves
-
-    plot_learning_curves(path, {k: pd.read_csv(v, sep="\t") for k, v in histories.items()}, title)
-
-
-def plot_peak_examples(path: str, shards: Sequence[str], cnn_spots: str, baseline: str, cfg: TrainingSettings,
-                       seed: int, n_frames: int, title: str) -> None:
-    """The first test hits (then blanks) with truth, CNN and baseline spots; reads only the frames it draws."""
-    from .plots import plot_example_frames
-
-    cnn = json.loads(Path(cnn_spots).read_text())["spots"]
-    base = json.loads(Path(baseline).read_text())["spots"]
-    test = _split(shards, cfg, seed)["test"]
-    chosen = ([r for r in test if r.hit] + [r for r in test if not r.hit])[:n_frames]
-    examples = []
-    for r in chosen:
-        t = D.read_frame_truth(r)
-        vis = t[t.visible.astype(bool)]
-        key = f"{r.dataset}/{r.frame_index}"
-        examples.append({"counts": D.read_counts_only(r), "visible_xy": vis[["x_px", "y_px"]].to_numpy(float),
-                         "visible_photons": vis.photons.to_numpy(float), "cnn_xy": np.asarray(cnn.get(key, [])),
-                         "baseline_xy": np.asarray(base.get(key, [])),
-                         "name": f"{key} ({'hit' if r.hit else 'blank'})"})
-    plot_example_frames(path, examples, title)

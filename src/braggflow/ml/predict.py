@@ -1,10 +1,7 @@
-"""Trained models on experimental frames (the normalized frames file of ``braggflow.panels``).
+"""Trained models on experimental frames (the normalized frames file of ``braggflow.formats.frames``).
 
-One prediction file per (model, input): ``pred`` (what the model predicts, as probabilities), ``classes`` (what
-the last axis or the values mean), ``model_id`` (the model card's uuid4) and ``panel_names``. Per-pixel
-predictions have the input's shape: (frames, slow, fast) for a single-panel detector, (frames, panels, slow,
-fast) where it has several panels (``panel_names`` says which is which). Peak probabilities are stored as
-float16 (3 significant digits are plenty for a probability, and half the bytes).
+One prediction file per (model, input), laid out by ``braggflow.formats.predictions``. Peak probabilities are
+stored as float16 (3 significant digits are plenty for a probability, and half the bytes).
 """
 
 from __future__ import annotations
@@ -13,11 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
-from ..io import atomic_path
-from ..panels import read_frame_photons, read_frames_info
+from ..formats.predictions import write_prediction
+from ..formats.frames import read_frame_photons, read_frames_info
 from ..settings import TrainingRun, TrainingSettings
 from .cards import read_card
 
@@ -37,7 +33,8 @@ def predict_file(frames_path: str | Path, card_path: str | Path, weights_path: s
     import torch
 
     from .data import binned_frame, polar_profile
-    from .train import predict_probability, torch_device
+    from .fit import torch_device
+    from .peak_finder import predict_probability
 
     torch.set_num_threads(run.threads)
     device = torch_device(run.device)
@@ -95,21 +92,13 @@ def predict_file(frames_path: str | Path, card_path: str | Path, weights_path: s
     else:
         raise ValueError(f"{card_path}: unknown model kind {kind!r}; known: {KINDS}")
     seconds = time.perf_counter() - t0
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        chunks = (1, *pred.shape[1:]) if pred.ndim > 2 else None
-        f.create_dataset("pred", data=pred, chunks=chunks, compression="gzip" if chunks else None)
-        f["classes"] = np.array(classes, dtype=h5py.string_dtype())
-        f["model_id"] = card["model_id"]
-        f["panel_names"] = np.array(info.panels.name, dtype=h5py.string_dtype())
-        if kind == "energy_distance":
-            f["energy_probability"], f["camera_length_probability"] = pe.astype(np.float32), pd_.astype(np.float32)
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        f.attrs["model"] = kind
-        f.attrs["model_datasets"] = ",".join(card["datasets"])
-        f.attrs["input"] = Path(frames_path).as_posix()
-        f.attrs["layout"] = _layout(kind, p)
-        f.attrs["seconds_per_frame"] = seconds / max(n, 1)
+    write_prediction(out, pred, classes=classes, model_id=card["model_id"], panel_names=info.panels.name,
+                     attrs={**attrs, "model": kind, "model_datasets": ",".join(card["datasets"]),
+                            "input": Path(frames_path).as_posix(), "layout": _layout(kind, p),
+                            "seconds_per_frame": seconds / max(n, 1)},
+                     marginals={"energy_probability": pe.astype(np.float32),
+                                "camera_length_probability": pd_.astype(np.float32)}
+                     if kind == "energy_distance" else None)
     stats = {"model": kind, "model_id": card["model_id"], "frames": n, "panels": p, "shape": list(pred.shape),
              "seconds_per_frame": round(seconds / max(n, 1), 3), "device": str(device)}
     if log:
@@ -121,15 +110,3 @@ def _layout(kind: str, panels: int) -> str:
     if kind == "peak_finder":
         return "frames, slow, fast" if panels == 1 else "frames, panels, slow, fast"
     return "frames" if kind == "hit_classifier" else "frames, classes"
-
-
-def read_prediction(path: str | Path) -> dict[str, Any]:
-    with h5py.File(path, "r") as f:
-        out = {"pred": f["pred"][()], "classes": [c.decode() if isinstance(c, bytes) else c for c in f["classes"][()]],
-               "model_id": f["model_id"][()].decode() if isinstance(f["model_id"][()], bytes) else f["model_id"][()],
-               "panel_names": [c.decode() if isinstance(c, bytes) else c for c in f["panel_names"][()]],
-               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}}
-        for k in ("energy_probability", "camera_length_probability"):
-            if k in f:
-                out[k] = f[k][()]
-    return out

@@ -27,15 +27,15 @@ per pixel plus a few MB.
 
 All array work goes through an array module ``xp`` (NumPy, or CuPy with the same code).
 
-Modules: ``still`` (the still's physical description: Crystal, Pulse, Numerics composed into a Still), ``detector``
-(FlatDetector), ``sf_table`` (structure factors and their F^2 tables), ``backend`` (the array module), ``derived``
-(a still on a detector resolved into the kernels' constants), ``kernels`` (elementwise kernels, pass 1 and the full
+The detector is one ``braggflow.detector.Panel`` (re-exported here). Modules: ``still`` (the still's physical
+description: Crystal, Pulse, Numerics composed into a Still), ``sf_table`` (structure factors and their F^2 tables),
+``backend`` (the array module), ``derived`` (a still on a panel resolved into the kernels' constants), ``kernels`` (elementwise kernels, pass 1 and the full
 average), ``image`` (simulate_still), ``truth`` (truth_reflections), ``psf`` (the detector's point-spread).
 """
 
+from ..detector import Panel
 from .backend import get_array_module, to_numpy
 from .derived import _make_setup  # private: the tests check pass 1's bound against the full average
-from .detector import FlatDetector
 from .image import simulate_still
 from .kernels import _single_pass_block  # private, as _make_setup
 from .psf import PSF_TAIL, apply_psf, gauss_psf_kernel_1d
@@ -46,7 +46,7 @@ from .truth import TruthTable, truth_reflections
 
 __all__ = [
     "INCIDENT_UNIT", "NANOBRAGG_DEFAULT_FLUENCE_PHOTONS_PER_M2", "PSF_TAIL", "R_E_SQ_M2", "SHAPES", "Crystal",
-    "FlatDetector", "Numerics", "Pulse", "Shape", "Still", "StructureFactorTable", "TruthTable", "apply_psf",
+    "Panel", "Numerics", "Pulse", "Shape", "Still", "StructureFactorTable", "TruthTable", "apply_psf",
     "gauss_psf_kernel_1d", "get_array_module", "load_hkl_text", "polarization_basis", "simulate_still",
     "to_numpy", "truth_reflections",
 ]

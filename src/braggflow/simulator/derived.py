@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .detector import FlatDetector
+from ..detector import Panel
 from .sf_table import StructureFactorTable, _f2_tables
 from .still import R_E_SQ_M2, Still, polarization_basis
 
@@ -25,7 +25,7 @@ class _Setup:
     """Validated inputs and derived constants (host NumPy plus device copies)."""
 
     xp: ModuleType
-    detector: FlatDetector
+    detector: Panel
     A: np.ndarray
     real_space: np.ndarray  # rows a, b, c (Angstrom) = A^-1
     umats: np.ndarray  # (M,3,3)
@@ -56,13 +56,15 @@ class _Setup:
     f_stride: tuple[float, float] = (0.0, 0.0)
 
 
-def _make_setup(still: Still, detector: FlatDetector, structure_factors: StructureFactorTable,
+def _make_setup(still: Still, detector: Panel, structure_factors: StructureFactorTable,
                 xp: ModuleType) -> _Setup:
     """Constants of ``still`` on ``detector`` with ``structure_factors``, device arrays on ``xp``."""
     if not isinstance(still, Still):
         raise ValueError(f"still must be a Still, got {type(still).__name__}")
-    if not isinstance(detector, FlatDetector):
-        raise ValueError("detector must be a FlatDetector")
+    if not isinstance(detector, Panel):
+        raise ValueError("detector must be a Panel")
+    if detector.pixel_size_slow_mm is not None:
+        raise ValueError(f"the simulator needs square pixels, got {detector.pixel_mm} mm")
     crystal, pulse, numerics = still.crystal, still.pulse, still.numerics
     A = crystal.A_matrix
     real_space = np.linalg.inv(A)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .backend import default_block_pixels
 from .derived import _Setup, _make_setup
-from .detector import FlatDetector
+from ..detector import Panel
 from .kernels import _block_rows, _full_average, _sample_chunk, _single_pass_block
 from .sf_table import StructureFactorTable
 from .still import Still
@@ -19,7 +19,7 @@ from .still import Still
 
 def simulate_still(
     still: Still,
-    detector: FlatDetector,
+    detector: Panel,
     structure_factors: StructureFactorTable,
     *,
     rel_tol: float = 2e-4,

@@ -12,9 +12,10 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..detector import INCIDENT_UNIT
+
 R_E_SQ_M2 = 7.94079248018965e-30  # classical electron radius squared (nanoBragg.c L211)
 NANOBRAGG_DEFAULT_FLUENCE_PHOTONS_PER_M2 = 1.25932e29  # nanoBragg default: r_e^2 * fluence ~ 1
-INCIDENT_UNIT = np.array([0.0, 0.0, -1.0])  # DIALS lab frame: beam propagates along -z
 SHAPES = ("square", "round", "gauss", "tophat")
 
 Shape = Literal["square", "round", "gauss", "tophat"]

@@ -12,7 +12,7 @@ import numpy as np
 
 from .backend import default_block_pixels, to_numpy
 from .derived import _Setup, _make_setup
-from .detector import FlatDetector
+from ..detector import Detector, Panel
 from .image import simulate_still
 from .kernels import _ROUND_NORM, _block_rows, _pixel_centres
 from .sf_table import StructureFactorTable
@@ -80,15 +80,8 @@ def _profile_metric(st: _Setup, m: int) -> np.ndarray:
 
 def _candidate_hkl(st: _Setup) -> np.ndarray:
     """hkl within the detector's resolution whose reciprocal cell can touch any Ewald sphere used."""
-    det = st.detector
-    corners = np.array([[0, 0], [det.n_fast, 0], [0, det.n_slow], [det.n_fast, det.n_slow]], dtype=float)
-    pos = (np.asarray(det.origin_mm)[None] + corners[:, :1] * det.pixel_size_mm * np.asarray(det.fast_axis)
-           + corners[:, 1:] * det.pixel_size_mm * np.asarray(det.slow_axis))
-    d = pos / np.linalg.norm(pos, axis=1, keepdims=True)
-    # on a flat rectangle in front of the sample the largest 2theta is at a corner (the cone of
-    # directions within a given angle of the beam cuts the plane in a convex set)
-    cos2t = np.clip(d @ INCIDENT_UNIT, -1, 1)
-    smax = np.sqrt(max(2.0 - 2.0 * float(cos2t.min()), 0.0)) if cos2t.min() > 0 else 2.0
+    two_theta_max = Detector((st.detector,)).max_two_theta_rad()
+    smax = 2.0 * math.sin(two_theta_max / 2.0) if two_theta_max < math.pi / 2 else 2.0  # |s1_hat - s0_hat|
     kmin, kmax = float(st.kappa.min()), float(st.kappa.max())
     qmax = (smax + 0.05) * kmax * (1 + st.eps_rot) + 1e-6
     cell_reach = 0.5 * float(np.linalg.norm(st.A, axis=0).sum())  # node to the far corner of its cell
@@ -136,7 +129,7 @@ def _reference_node_ids(st: _Setup, hkl_lo: np.ndarray, dims: np.ndarray, block_
 
 def truth_reflections(
     still: Still,
-    detector: FlatDetector,
+    detector: Panel,
     structure_factors: StructureFactorTable,
     *,
     image: Any | None = None,
@@ -216,9 +209,7 @@ def truth_reflections(
     own_peak = np.zeros(len(hkl))
     if len(hkl):
         f2 = structure_factors.lookup(hkl) ** 2
-        ray = (np.asarray(detector.origin_mm)[None]
-               + x_px[:, None] * detector.pixel_size_mm * np.asarray(detector.fast_axis)
-               + y_px[:, None] * detector.pixel_size_mm * np.asarray(detector.slow_axis))
+        ray = detector.to_lab(np.column_stack([x_px, y_px]))
         r_mm = np.linalg.norm(ray, axis=1)
         omega = detector.pixel_size_mm**2 * detector.close_distance_mm / r_mm**3
         own_peak = st.scale * f2 * peak0 * best * omega

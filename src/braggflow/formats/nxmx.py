@@ -16,8 +16,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .geometry import Geometry
-from .io import atomic_path
+from ..geometry import Geometry
+from ..errors import InputError
+from ..io import atomic_path
+from ..units import energy_kev
 
 DATA_PATH = "/entry/data/data"
 DETECTOR_PATH = "/entry/instrument/detector"
@@ -119,3 +121,29 @@ def nxmx_writer(path: str | Path, geometry: Geometry, n_frames: int, dtype, wave
 def read_geometry(path: str | Path) -> Geometry:
     with h5py.File(path, "r") as f:
         return Geometry.from_dict(json.loads(f["entry/braggflow_geometry"][()]))
+
+
+def read_nxmx_geometry(f: h5py.File, path, shape) -> Geometry:
+    """Another program's NXmx detector metadata (``path`` names the file in errors): distance, beam centre, pixel size (NXdetector), wavelength (NXbeam)."""
+    det = next((f[p] for p in ("entry/instrument/detector", "entry_1/instrument_1/detector_1") if p in f), None)
+    beam = next((f[p] for p in ("entry/instrument/beam", "entry/sample/beam") if p in f), None)
+    need = ("distance", "beam_center_x", "beam_center_y", "x_pixel_size")
+    if det is None or beam is None or any(k not in det for k in need) or "incident_wavelength" not in beam:
+        raise InputError(path, "no geometry: give a CrystFEL .geom (experiments.<name>.geometry) or NXmx metadata "
+                               "(detector distance, beam_center_x/y, x_pixel_size; beam incident_wavelength)")
+
+    def value(ds, to: str) -> float:
+        v = float(np.ravel(ds[()])[0])
+        unit = ds.attrs.get("units", b"")
+        unit = unit.decode() if isinstance(unit, bytes) else str(unit)
+        scale = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "angstrom": 1.0, "nm": 10.0, "pixel": 1.0, "": 1.0}
+        if to == "m" and unit in ("", "pixel"):
+            unit = "m"
+        return v * scale.get(unit, 1.0)
+
+    wl = value(beam["incident_wavelength"], "angstrom")
+    pixel = value(det["x_pixel_size"], "m")
+    return Geometry(detector_name="NXmx", n_fast=shape[1], n_slow=shape[0], pixel_size_m=pixel,
+                    camera_length_m=value(det["distance"], "m"),
+                    beam_center_px=(value(det["beam_center_x"], "pixel"), value(det["beam_center_y"], "pixel")),
+                    energy_kev=energy_kev(wl), sensor_material="Si", sensor_thickness_mm=0.0001)

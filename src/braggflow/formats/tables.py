@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 
-from .io import atomic_path
+from ..io import atomic_path
 
 
 def write_tables(path: str | Path, tables: dict[str, pd.DataFrame], attrs: dict[str, str] | None = None) -> None:
