@@ -134,28 +134,27 @@ def test_bad_arguments_to_the_export_fail_naming_the_argument_or_file(tmp_path, 
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def savez_then(*lines: str) -> str:
+    """A patch of the program's np.savez: it writes part of a zip file, then runs ``lines``."""
+    body = "".join(f"    {line}\n" for line in ("f.write(b'PK partial')", *lines))
+    return f"def savez(f, **arrays):\n{body}program.np.savez = savez\n"
+
+
 @pytest.mark.slow
 @needs_dxtbx
 def test_the_export_writes_through_a_temporary_file_it_removes_on_failure_and_sigterm(tmp_path):
     dials_dir, out = tmp_path / "dials", tmp_path / "out/export.npz"
     dials_dir.mkdir()  # stills_process found nothing to write: every frame unindexed, no geometry (P = 0)
     # np.savez failing half-way: neither the .npz nor its temporary file stays.
-    fail = ("def savez(f, **arrays):\n"
-            "    f.write(b'PK partial')\n"
-            "    print('writing:', *sorted(os.listdir(os.path.dirname(sys.argv[4]))))\n"
-            "    raise OSError('disk full')\n"
-            "program.np.savez = savez\n")
+    fail = savez_then("print('writing:', *sorted(os.listdir(os.path.dirname(sys.argv[4]))))",
+                      "raise OSError('disk full')")
     res = run_program(EXPORT, dials_dir, 3, out, patch=fail)
     assert res.returncode == 1 and "OSError: disk full" in res.stderr, res.stderr
     written = res.stdout.split("writing:", 1)[1].split()
     assert len(written) == 1 and written[0].startswith(".export.npz.") and written[0].endswith(".tmp")
     assert list(out.parent.iterdir()) == []
     # SIGTERM (Snakemake or SLURM cancelling the job) while writing: exit status 128 + 15, nothing left.
-    term = ("def savez(f, **arrays):\n"
-            "    f.write(b'PK partial')\n"
-            "    os.kill(os.getpid(), signal.SIGTERM)\n"
-            "    time.sleep(60)\n"
-            "program.np.savez = savez\n")
+    term = savez_then("os.kill(os.getpid(), signal.SIGTERM)", "time.sleep(60)")
     res = run_program(EXPORT, dials_dir, 3, out, patch=term)
     assert res.returncode == 143 and "terminated by signal 15" in res.stderr, res.stderr
     assert list(out.parent.iterdir()) == []
