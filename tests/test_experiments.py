@@ -200,6 +200,36 @@ def test_panel_round_trip_and_stills_prediction_against_the_simulators_geometry(
     assert total[0] == pytest.approx(radial[0])
 
 
+def test_parallax_shifts_rays_into_the_sensor_and_predictions_off_every_panel_warn_of_nothing():
+    """dxtbx's parallax: a ray meeting the sensor at cos theta = u.n is seen o = 1/mu - (t0/cos + 1/mu)
+    exp(-mu t0/cos) mm deeper along its own direction. A wrong energy predicts rays backwards (2theta > 90 deg) or
+    beyond the Ewald sphere; they meet no panel (NaN), without a numerical warning."""
+    import warnings
+
+    g = small_geometry()
+    info = single_panel_info(g)
+    p, b = info.panels, info.beam_direction[0]
+    wl = g.wavelength_angstrom
+    a = np.eye(3) * 0.01 / wl  # |q| = 0.01 h / lambda
+    hkl = np.array([[10, 0, 0], [0, 0, 150], [0, 0, 250]])  # 0.6 deg, 2theta = 97 deg, |q| > 2 / lambda
+    mu, t0 = np.array([3.6]), np.array([0.45])
+    grazing = np.eye(3) * 2 * np.sin(np.radians(45.0005)) / np.sqrt(10001) / wl  # h = (1, 0, 100): 2theta = 90.001 deg
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = predicted_positions(a, hkl, np.zeros(3, int), p, b, wl)
+        deep = predicted_positions(a, hkl, np.zeros(3, int), p, b, wl, parallax=(mu, t0))
+        behind = predicted_positions(grazing, np.array([[1, 0, 100]]), np.zeros(1, int), p, b, wl, parallax=(mu, t0))
+    assert np.isfinite(plain[0]).all() and np.isnan(plain[1:]).all() and np.isnan(deep[1:]).all()
+    assert np.isnan(behind).all()
+    lab = p.to_lab(np.zeros(1, int), plain[:1])[0]
+    u = lab / np.linalg.norm(lab)
+    cos = abs(u @ p.normal[0])
+    depth = 1 / mu[0] - (t0[0] / cos + 1 / mu[0]) * np.exp(-mu[0] * t0[0] / cos)
+    expected = plain[0] + np.array([u @ p.fast_axis[0], u @ p.slow_axis[0]]) * depth / p.pixel_size_mm[0]
+    np.testing.assert_allclose(deep[0], expected, atol=1e-9)
+    assert np.hypot(*(deep[0] - plain[0])) > 0
+
+
 def test_score_frame_matches_one_to_one_and_forgives_peaks_on_weak_reflections():
     g = small_geometry()
     info = single_panel_info(g)

@@ -36,8 +36,11 @@ def predicted_positions(a_matrix: np.ndarray, hkl: np.ndarray, panel: np.ndarray
     u = s1 / np.linalg.norm(s1, axis=1, keepdims=True)
     normal = panels.normal[p] * np.sign(np.einsum("ij,ij->i", panels.origin_mm[p], panels.normal[p]))[:, None]
     cos = np.einsum("ij,ij->i", u, normal)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        depth = np.where(mu > 0, 1 / mu - (t0 / cos + 1 / mu) * np.exp(-mu * t0 / cos), 0.0)
+    # Only rays that enter a sensor from its front have a depth; the others (cos <= 0, which a wrong energy or
+    # distance can predict) meet no panel, and their exp(-mu t0 / cos) would overflow.
+    entering = (mu > 0) & (cos > 0)
+    c, m = np.where(entering, cos, 1.0), np.where(entering, mu, 1.0)
+    depth = np.where(entering, 1 / m - (t0 / c + 1 / m) * np.exp(-m * t0 / c), 0.0)
     shift = np.column_stack([np.einsum("ij,ij->i", u, panels.fast_axis[p]),
                              np.einsum("ij,ij->i", u, panels.slow_axis[p])]) * depth[:, None]
     return xy + shift / panels.pixel_size_mm[p]
