@@ -1,0 +1,70 @@
+"""The README's commands work as written: every `snakemake` command line in README.md and config/README.md parses
+the way a user expects (targets are targets, config files are config files), and a user's config extends or
+replaces the default as the README says."""
+
+import re
+import shlex
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import ROOT, SNAKEMAKE, TINY
+
+DOCS = (ROOT / "README.md", ROOT / "config/README.md")
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, command) of every snakemake command line in the docs' shell blocks and inline code."""
+    out = []
+    for doc in DOCS:
+        text = doc.read_text()
+        blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+        lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+        lines += re.findall(r"`((?:\.venv/bin/)?snakemake [^`]+)`", text)
+        out += [(doc.name, line) for line in lines if re.match(r"(\.venv/bin/)?snakemake\s", line)]
+    return sorted(set(out))
+
+
+def rule_names() -> set[str]:
+    return {m for smk in (ROOT / "rules").glob("*.smk") for m in re.findall(r"^rule (\w+):", smk.read_text(), re.M)}
+
+
+def test_the_docs_have_commands_to_check():
+    assert len(documented_commands()) >= 15
+
+
+@pytest.mark.parametrize("doc,command", documented_commands())
+def test_every_documented_command_parses_as_written(doc, command):
+    from snakemake.cli import get_argument_parser
+
+    args = get_argument_parser().parse_args(shlex.split(command)[1:])
+    for path in args.configfile or []:
+        # A target after --configfile would be read as a config file (FileNotFoundError for results/...).
+        assert str(path).endswith((".yaml", ".yml")), f"{doc}: `{command}` reads {path} as a config file"
+        assert path.name == "my.yaml" or (ROOT / path).is_file(), f"{doc}: `{command}`: no config file {path}"
+    rules = rule_names()
+    for target in args.targets:
+        assert target.startswith("results/") or target in rules, f"{doc}: `{command}`: unknown target {target}"
+    for name in [*(args.forcerun or []), *(args.until or [])]:
+        assert name in rules, f"{doc}: `{command}`: no rule {name}"
+
+
+def planned_rules(*args: str) -> str:
+    res = subprocess.run([str(SNAKEMAKE), "-n", "--quiet", "rules", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    return res.stdout
+
+
+def test_a_user_config_extends_the_default_or_replaces_it_as_the_readme_says(tmp_path):
+    default = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    # Two keys over the default: the default's nine datasets and its experiments stay.
+    mine = tmp_path / "my.yaml"
+    mine.write_text(yaml.safe_dump({"overlay": {"gallery_frames": 2}}))
+    extended = planned_rules("--configfile", str(mine))
+    assert re.search(r"^overlay_gallery\s+9$", extended, re.M), extended
+    assert default["experiments"] and re.search(r"^import_frames_dxtbx\s+[1-9]", extended, re.M), extended
+    # --replace-workflow-config: only what the file says (the tiny config: 2 datasets, its own experiments).
+    replaced = planned_rules("--replace-workflow-config", "--configfile", str(TINY))
+    assert re.search(r"^overlay_gallery\s+2$", replaced, re.M), replaced
