@@ -6,23 +6,25 @@ simulation, that choice can land either finder anywhere on its recall / spurious
 whole curve of each on the real frames, against the DIALS-indexed reflections with I/sigma >= the evaluator's
 cut (3 px). The tuned setting is marked with *. Nothing here is used to choose a setting.
 
-usage: python benchmarks/real_operating_points.py [experiment]   (after the workflow has run it)
+usage: python benchmarks/real_operating_points.py [experiment] [--replace-workflow-config] [--configfile my.yaml ...]
+(after the workflow has run it; the config options as given to snakemake). Single- and multi-panel inputs alike.
 """
 
+import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
-import yaml
-
 from braggflow import evaluate as E
+from braggflow.config import workflow_config
 from braggflow.formats.frames import read_frame_photons, read_frames_info
 from braggflow.formats.predictions import peak_probabilities
 
 
-def main(experiment: str = "thermolysin_lcls_cspad") -> None:
-    cfg = yaml.safe_load(Path("config/config.yaml").read_text())["evaluation"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(experiment: str, cfg: dict) -> None:
     radius, min_ios = float(cfg["match_radius_px"]), float(cfg["min_i_over_sigma"])
     frames = f"results/experiments/{experiment}/frames.h5"
     info = read_frames_info(frames)
@@ -61,4 +63,10 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("experiment", nargs="?", default="thermolysin_lcls_cspad")
+    ap.add_argument("--configfile", nargs="+", default=[])
+    ap.add_argument("--replace-workflow-config", action="store_true")
+    args = ap.parse_args()
+    config = workflow_config(args.configfile, ROOT, args.replace_workflow_config)
+    main(args.experiment, config["evaluation"])

@@ -98,15 +98,43 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
 
 
-def load_config(path: str | Path, schema_path: str | Path) -> dict[str, Any]:
-    """Read a config YAML, check it (ConfigError naming the key) and fill the schema's defaults."""
-    path = Path(path)
+def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: unreadable config file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(config).__name__}")
+    return config
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Snakemake's update_config: mappings merge key by key, anything else replaces."""
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def workflow_config(configfiles: list[str | Path], root: str | Path, replace: bool = False) -> dict[str, Any]:
+    """The config a run of ``snakemake [--replace-workflow-config] --configfile <configfiles>`` sees: the files
+    merged over ``root``/config/config.yaml (or instead of it with ``replace``), checked, defaults filled."""
+    root = Path(root)
+    config = {} if replace and configfiles else _read_mapping(root / "config/config.yaml")
+    for path in configfiles:
+        _merge(config, _read_mapping(Path(path)))
+    schema = load_schema(root / "config/config.schema.yaml")
+    check_config(config, schema)
+    _fill_defaults(config, schema)
+    return config
+
+
+def load_config(path: str | Path, schema_path: str | Path) -> dict[str, Any]:
+    """Read a config YAML, check it (ConfigError naming the key) and fill the schema's defaults."""
+    config = _read_mapping(Path(path))
     schema = load_schema(schema_path)
     check_config(config, schema)
     _fill_defaults(config, schema)
