@@ -11,7 +11,7 @@ import pytest
 from braggflow.dials import DialsSettings, _point_group_hkl_ops, dataset_scores, match_setting, stills_phil
 from braggflow.shards import b_matrix
 from braggflow.draws import random_rotation
-from conftest import TINY, run_snakemake
+from conftest import ROOT, TINY, run_snakemake
 from test_dxtbx_import import CBFS, EXPORT, needs_dxtbx, run_program
 
 SETTINGS = DialsSettings("real_space_grid_search", 2, 10, 0.01, 0.05, ())
@@ -77,6 +77,25 @@ def test_tiny_run_indexes_hits_and_scores_them_against_the_truth(tiny_run):
     refl = read_table(tiny_run / "results/dials/1ic6/7keV_100mm/shard_0000/tables.h5", "reflections")
     assert {"h", "k", "l", "x_obs_px", "x_cal_px", "intensity", "sigma", "partiality", "d_angstrom"} <= set(refl)
     assert list((tiny_run / "results/dials/1ic6/7keV_100mm/shard_0000/dials").glob("*_integrated.refl"))
+
+
+@pytest.mark.slow
+@needs_dials
+def test_dials_by_hand_as_the_readme_says_indexes_a_shard_of_the_tiny_run(tiny_run, tmp_path):
+    """The README's commands for running DIALS by hand, on the tiny run's first 7 keV shard (a copy of its
+    directory, so the run's own results stay as they are)."""
+    import re
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "$(cat inputs.txt)" in b)
+    shard = tiny_run / "results/dials/1ic6/7keV_100mm/shard_0000"
+    work = tmp_path / "results/dials/1ic6/7keV_250mm/shard_0000"  # the README's path, below a checkout copy
+    shutil.copytree(shard, work, ignore=shutil.ignore_patterns("dials"))
+    (tmp_path / "workflow").symlink_to(ROOT / "workflow")
+    res = subprocess.run(["bash", "-ec", block], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert list((work / "by_hand").glob("*_integrated.expt")), res.stdout[-3000:]
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ def test_only_the_formats_layer_opens_files_of_its_kinds():
         text = path.read_text()
         if "h5py" in imported_modules(path) or "np.savez" in text or "np.load(" in text:
             offenders.append(str(rel))
+    offenders += [str(p.relative_to(ROOT)) for p in sorted(SCRIPTS.glob("*.sh")) if "h5py" in p.read_text()]
     assert offenders == [], f"HDF5 / npz files read or written outside src/braggflow/formats: {offenders}"
 
 

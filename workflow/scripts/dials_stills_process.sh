@@ -18,8 +18,9 @@ printf '%s\n' "${frames[@]}" > "$out/inputs.txt"
 # Frame count: given for a shard; for an experiment, that of its imported frames file.
 n_frames="${snakemake_params[n_frames]:-}"
 if [ -z "$n_frames" ]; then
-    n_frames=$(libtbx.python -c 'import h5py, sys; print(h5py.File(sys.argv[1], "r")["data"].shape[0])' \
-        "${snakemake_input[info]}")
+    n_frames=$(libtbx.python -c 'import sys; sys.path.insert(0, sys.argv[1])
+from braggflow.formats.frames import frame_count
+print(frame_count(sys.argv[2]))' "$BRAGGFLOW_WORKFLOW/src" "${snakemake_input[info]}")
 fi
 # Debian's DIALS 3.12 lacks the compiled xfel_mono_sim_ext that stills indexing imports (see
 # workflow/dials/xfel_mono_sim_ext.py); only where it is missing does the empty stand-in go on the path.

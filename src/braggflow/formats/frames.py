@@ -73,6 +73,15 @@ def read_frames_info(path: str | Path) -> FramesInfo:
         raise InputError(path, f"not a braggflow frames file ({exc})") from None
 
 
+def frame_count(path: str | Path) -> int:
+    """Frames in a frames file (without reading its geometry: DIALS-side scripts ask this)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["data"].shape[0])
+    except (OSError, KeyError) as exc:
+        raise InputError(path, f"not a braggflow frames file ({exc})") from None
+
+
 def read_frame_photons(path: str | Path, frame: int) -> np.ndarray:
     """(panels, slow, fast) float32 photons of one frame; -1 marks untrusted pixels."""
     with h5py.File(path, "r") as f:
