@@ -373,6 +373,19 @@ def truth_source(experiment):
     return [experiment_file(experiment)] if EXPERIMENTS[experiment].kind == "shifted_simulation" else []
 
 
+def hit_frames_param(experiment):
+    """A file input's hit labels as the rule records them (a list, "dials_indexed" or None)."""
+    labels = EXPERIMENTS[experiment].hit_frames
+    return list(labels) if isinstance(labels, tuple) else labels
+
+
+def dials_hit_labels(experiment):
+    """The DIALS export whose indexing labels an experiment's hits (hit_frames: dials_indexed)."""
+    if EXPERIMENTS[experiment].hit_frames == "dials_indexed":
+        return [f"results/experiments/{experiment}/dials/export.npz"]
+    return []
+
+
 def evaluation_tables(experiment):
     return [
         f"results/evaluation/{experiment}/{m}/{t}.tsv"

@@ -210,6 +210,7 @@ rule evaluation_summary:
         energy_distance=[f for x in EXPERIMENTS for f in energy_distance_prediction(x)],
         frames_files=[experiment_frames(x) for x in EXPERIMENTS],
         truth=[f for x in EXPERIMENTS for f in truth_source(x)],
+        hit_labels=[f for x in EXPERIMENTS for f in dials_hit_labels(x)],
     output:
         summary=report(
             "results/evaluation/summary.tsv",
@@ -236,6 +237,7 @@ rule evaluation_summary:
         hit_models={x: experiment_models(x, ("hit_classifier",)) for x in EXPERIMENTS},
         energy_distance={x: EXPERIMENTS[x].energy_distance for x in EXPERIMENTS},
         shifted={x: EXPERIMENTS[x].kind == "shifted_simulation" for x in EXPERIMENTS},
+        hit_frames={x: hit_frames_param(x) for x in EXPERIMENTS},
     log:
         "logs/evaluation/summary.log",
     conda:

@@ -271,3 +271,39 @@ def test_experiment_entries_deep_copy_the_config(config):
     before = copy.deepcopy(config)
     specs(config)
     assert config == before
+
+
+def test_file_inputs_carry_hit_labels_and_the_classifier_table_scores_them(config, tmp_path):
+    """hit_frames: frame indices, or dials_indexed (DIALS' indexing); checked against the input's frame count."""
+    from braggflow.evaluate import classifier_table
+    from braggflow.formats import dials_export
+    from braggflow.formats.frames import write_frames_file
+    from braggflow.formats.predictions import write_prediction
+
+    cspad = config["experiments"]["thermolysin_lcls_cspad"]
+    assert specs(config)["thermolysin_lcls_cspad"].hit_frames is None
+    config["experiments"]["thermolysin_lcls_cspad"] = {**cspad, "hit_frames": [0, 2]}
+    assert specs(config)["thermolysin_lcls_cspad"].hit_frames == (0, 2)
+    config["experiments"]["shifted_7keV_250mm"]["hit_frames"] = [0]
+    with pytest.raises(ConfigError, match=r"experiments.shifted_7keV_250mm.hit_frames': a shifted simulation"):
+        specs(config)
+    g = small_geometry()
+    frames = tmp_path / "frames.h5"
+    write_frames_file(frames, np.zeros((4, 1, g.n_slow, g.n_fast)), g.detector(), g.wavelength_angstrom,
+                      INCIDENT_UNIT, ["x"] * 4, range(4), 1.0, "test")
+    pred = tmp_path / "hits.h5"
+    write_prediction(pred, np.array([0.9, 0.1, 0.8, 0.7], np.float32), classes=["hit"], model_id="m",
+                     panel_names=["panel0"], attrs={"layout": "frames", "model": "hit_classifier"})
+    by_index = classifier_table("x", {"hit_classifier-7keV_100mm": str(pred)}, None, None, str(frames), (0, 2, 3))
+    assert by_index.accuracy.tolist() == [1.0] and by_index.reference.tolist() == ["hit_frames (config)"]
+    arrays = {k: np.zeros(4) for k in dials_export.FRAME_KEYS}
+    arrays.update({k: np.zeros(0) for k in dials_export.KEYS if k not in dials_export.FRAME_KEYS})
+    arrays["indexed"] = np.array([True, False, False, True])
+    dials_export.write_dials_export(tmp_path / "export.npz", arrays)
+    by_dials = classifier_table("x", {"m": str(pred)}, None, None, str(frames), "dials_indexed",
+                                str(tmp_path / "export.npz"))
+    assert by_dials.accuracy.tolist() == [0.75] and by_dials.reference.tolist() == ["frames DIALS indexed"]
+    none = classifier_table("x", {"m": str(pred)}, None, None, str(frames))
+    assert np.isnan(none.accuracy[0]) and none.reference[0] == "none"
+    with pytest.raises(ConfigError, match=r"experiments.x.hit_frames': frame 4 is beyond the 4 frames"):
+        classifier_table("x", {"m": str(pred)}, None, None, str(frames), (1, 4))

@@ -74,6 +74,8 @@ def test_the_evaluator_ranks_every_model_and_finder_against_truth_and_dials(tiny
     assert set(bins.reference) <= {"truth", "dials", "dials_predicted_geometry"} and (bins.n >= 0).all()
     clf = pd.read_csv(tiny_run / "results/evaluation/classifiers.tsv", sep="\t")
     assert set(clf.model) == {"hit_classifier-7keV_100mm", "hit_classifier-8keV_100mm", "energy_distance"}
+    real = clf[clf.experiment == "cspad"]  # hit_frames: dials_indexed scores the classifier on the real stills
+    assert list(real.reference) == ["frames DIALS indexed"] and real.accuracy.between(0, 1).all()
     assert (tiny_run / "results/evaluation/summary.png").stat().st_size > 10_000
     assert (tiny_run / f"results/evaluation/{EXP}/offsets.png").stat().st_size > 10_000
 

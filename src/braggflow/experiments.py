@@ -47,6 +47,7 @@ class Experiment:
     matched: dict[str, Any] | None = None
     predict_with: str = "matrix"
     untrusted_border_px: int = 0
+    hit_frames: tuple[int, ...] | str | None = None  # file inputs: hit labels (indices, or "dials_indexed")
 
     @property
     def seed_index(self) -> int:
@@ -87,6 +88,8 @@ def experiment_specs(config: dict[str, Any], datasets: dict[str, Dataset], schem
         else:
             if not e["files"]:
                 problems.append(f"{_key(name, 'files')}: kind 'file' needs at least one input file")
+        if e["kind"] == "shifted_simulation" and e["hit_frames"] is not None:
+            problems.append(f"{_key(name, 'hit_frames')}: a shifted simulation is scored against its own truth")
             models = tuple(e["models"]) or tuple(datasets)
         problems += _check_matched(name, e, config, schema)
         out[name] = Experiment(name=name, kind=e["kind"], structure=e["structure"], models=models,
@@ -95,7 +98,9 @@ def experiment_specs(config: dict[str, Any], datasets: dict[str, Dataset], schem
                                dataset_path=e["dataset_path"], geometry=e["geometry"],
                                adu_per_photon=e["adu_per_photon"], dials=e["dials"],
                                matched=e["matched"] if e["matched"]["structure"] is not None else None,
-                               predict_with=e["predict_with"], untrusted_border_px=int(e["untrusted_border_px"]))
+                               predict_with=e["predict_with"], untrusted_border_px=int(e["untrusted_border_px"]),
+                               hit_frames=tuple(e["hit_frames"]) if isinstance(e["hit_frames"], list)
+                               else e["hit_frames"])
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     for exp in out.values():

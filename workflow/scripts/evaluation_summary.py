@@ -21,11 +21,13 @@ with logged(snakemake.log[0]) as log:
     write(offsets_by_resolution(offsets, p.evaluation["resolution_bins"]), snakemake.output.bins)
     plot_summary(snakemake.output.plot, summary)
     hits, ed = iter(i.hits), iter(i.energy_distance)
-    truth = iter(i.truth)
+    truth, dials_labels = iter(i.truth), iter(i.hit_labels)
     tables = []
     for x, frames_file in zip(p.experiments, i.frames_files, strict=True):
         hit_preds = {m: next(hits) for m in p.hit_models[x]}
+        labels = p.hit_frames[x]
         tables.append(classifier_table(x, hit_preds, next(ed) if p.energy_distance[x] else None,
-                                       next(truth) if p.shifted[x] else None, frames_file))
+                                       next(truth) if p.shifted[x] else None, frames_file, labels,
+                                       next(dials_labels) if labels == "dials_indexed" else None))
     write(pd.concat(tables, ignore_index=True), snakemake.output.classifiers)
     log.info("\n%s", summary.to_string())

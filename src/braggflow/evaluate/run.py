@@ -71,25 +71,47 @@ def evaluate_predictions(*, experiment: str, model: str, frames_path: str, peak_
     return pd.DataFrame(rows), off
 
 
-def classifier_table(experiment: str, hit_preds: dict[str, str], energy_distance_pred: str | None,
-                     truth_source: str | None, frames_path: str) -> pd.DataFrame:
-    """Hit classifiers (accuracy against the truth's hit flags where known) and the energy / camera-length model
-    (predicted class against the frames' own wavelength and distance)."""
+def hit_labels(experiment: str, n_frames: int, truth_source: str | None, hit_frames, dials_export: str | None
+               ) -> tuple[np.ndarray | None, str]:
+    """(hit flag per frame or None, where the flags come from): a simulation's truth (per frame of the overlay the
+    frames came from); else the config's ``hit_frames`` (frame indices, or ``dials_indexed``: DIALS' indexing)."""
+    from ..config import ConfigError
+    from ..formats.dials_export import read_dials_export
     from ..overlay import read_overlay_frames
+
+    if truth_source:
+        return read_overlay_frames(truth_source).hit.to_numpy(), "truth hit flags"
+    if hit_frames is None:
+        return None, "none"
+    if hit_frames == "dials_indexed":
+        return read_dials_export(dials_export, n_frames)["indexed"].astype(int), "frames DIALS indexed"
+    idx = np.asarray(list(hit_frames), int)
+    if len(idx) and (idx.min() < 0 or idx.max() >= n_frames):
+        raise ConfigError(f"config key 'experiments.{experiment}.hit_frames': frame {int(idx.max())} is beyond the "
+                          f"{n_frames} frames of the input (0-based)")
+    flags = np.zeros(n_frames, int)
+    flags[idx] = 1
+    return flags, "hit_frames (config)"
+
+
+def classifier_table(experiment: str, hit_preds: dict[str, str], energy_distance_pred: str | None,
+                     truth_source: str | None, frames_path: str, hit_frames=None,
+                     dials_export: str | None = None) -> pd.DataFrame:
+    """Hit classifiers (accuracy against hit labels where known: a simulation's truth, or a file input's
+    ``hit_frames``) and the energy / camera-length model (predicted class against the frames' own wavelength and
+    distance)."""
     from ..units import energy_kev
 
     info = read_frames_info(frames_path)
     rows = []
-    truth_hits = None
-    if truth_source:
-        fr = read_overlay_frames(truth_source)
-        truth_hits = fr.hit.to_numpy()[info.source_index.astype(int)]
+    labels, source = hit_labels(experiment, info.n_frames, truth_source, hit_frames, dials_export)
+    truth_hits = None if labels is None else (labels[info.source_index.astype(int)] if truth_source else labels)
     for model, path in hit_preds.items():
         p = read_prediction(path)["pred"]
         pred_hit = (p >= 0.5).astype(int)
         rows.append({"experiment": experiment, "model": model, "frames": len(p), "predicted_hits": int(pred_hit.sum()),
                      "accuracy": float(np.mean(pred_hit == truth_hits)) if truth_hits is not None else np.nan,
-                     "reference": "truth hit flags" if truth_hits is not None else "none"})
+                     "reference": source})
     if energy_distance_pred:
         p = read_prediction(energy_distance_pred)
         e_true = [energy_kev(w) for w in info.wavelength_angstrom]
