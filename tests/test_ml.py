@@ -457,3 +457,38 @@ def test_the_evaluator_reads_predictions_without_torch():
             "from braggflow.ml.baselines import spots_from_probability; print('torch' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "False", res.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- out of distribution
+
+def test_frames_unlike_the_training_frames_are_flagged_and_the_matrix_test_frames_are_not(shards):
+    """The peak finders' envelope (ml.ood): the matrix's own held-out frames lie inside it; the same frames on a
+    counting detector's 3 photons/pixel background (the matrix trains on sub-photon water) and the frames of
+    another camera length's water lie outside."""
+    from braggflow.ml.data import frame_splits
+    from braggflow.ml.ood import Envelope, background_features
+    from braggflow.ml.pipeline import background_envelope
+
+    cfg = tiny_cfg()
+    splits = frame_splits(shards["7keV_100mm"], cfg, 3)
+    envelope = Envelope.from_dict(background_envelope(splits).as_dict())  # as a model card keeps it
+    held_out = [D.read_counts_only(r) for r in splits["validation"] + splits["test"]]
+    assert not envelope.outside(np.array([background_features(c) for c in held_out])).any()
+    rng = np.random.default_rng(0)
+    bright = [np.where(c >= 0, c + rng.poisson(3.0, c.shape), c) for c in held_out]
+    assert envelope.outside(np.array([background_features(c) for c in bright])).all()
+    empty = [np.where(c >= 0, 0, c) for c in held_out]  # no water at all: a detector in the dark
+    assert envelope.outside(np.array([background_features(c) for c in empty])).all()
+
+
+def test_the_energy_distance_card_keeps_its_envelope_and_a_prediction_flags_frames_outside_it(tmp_path):
+    from braggflow.ml.ood import ENERGY_DISTANCE_FEATURE, describe, fit_envelope
+
+    rng = np.random.default_rng(1)
+    train = rng.normal(-2.0, 0.1, (40, 16))
+    envelope = fit_envelope(ENERGY_DISTANCE_FEATURE, train, rng.normal(-2.0, 0.1, (10, 16)))
+    inside, outside = rng.normal(-2.0, 0.1, (5, 16)), rng.normal(1.1, 0.1, (3, 16))
+    scores = envelope.score(np.concatenate([inside, outside]))
+    assert (scores[:5] <= envelope.threshold).all() and (scores[5:] > envelope.threshold).all()
+    text = describe(envelope, scores, "energy_distance")
+    assert text.startswith("energy_distance: 3 of 8 frames are unlike the training frames") and "extrapolations" in text

@@ -29,5 +29,13 @@ with logged(snakemake.log[0]) as log:
         tables.append(classifier_table(x, hit_preds, next(ed) if p.energy_distance[x] else None,
                                        next(truth) if p.shifted[x] else None, frames_file, labels,
                                        next(dials_labels) if labels == "dials_indexed" else None))
-    write(pd.concat(tables, ignore_index=True), snakemake.output.classifiers)
+    classifiers = pd.concat(tables, ignore_index=True)
+    write(classifiers, snakemake.output.classifiers)
     log.info("\n%s", summary.to_string())
+    for row in summary[summary.out_of_distribution_frames > 0].drop_duplicates(["experiment", "model"]).itertuples():
+        log.warning("%s: the %s peak finder extrapolates on %d of %d frames (their background is unlike its "
+                    "training frames'): its rows there describe no trained regime", row.experiment, row.model,
+                    row.out_of_distribution_frames, row.frames)
+    for row in classifiers[classifiers.out_of_distribution_frames > 0].itertuples():
+        log.warning("%s: %s extrapolates on %d of %d frames (unlike its training frames)", row.experiment,
+                    row.model, row.out_of_distribution_frames, row.frames)

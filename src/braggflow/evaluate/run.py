@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..formats.frames import read_frame_photons, read_frames_info
-from ..formats.predictions import peak_probabilities, read_prediction
+from ..formats.predictions import peak_probabilities, read_out_of_distribution, read_prediction
 from .matching import score_frame
 from .references import (cnn_found, dials_frames, dials_reference, dispersion_found, energy_distance_used,
                          truth_reference)
@@ -31,6 +31,7 @@ def evaluate_predictions(*, experiment: str, model: str, frames_path: str, peak_
     if truth_source:  # read once: every frame's truth rows come from these tables
         truth_frames, truth = read_overlay_frames(truth_source), read_overlay_truth(truth_source)
     radius = float(cfg.match_radius_px)
+    unlike = read_out_of_distribution(peak_pred)  # frames the peak finder extrapolates on (ml.ood)
     rows, offsets = [], []
     with peak_probabilities(peak_pred) as (probability, threshold, min_px):  # one frame in memory at a time
         for i in range(info.n_frames):
@@ -59,7 +60,9 @@ def evaluate_predictions(*, experiment: str, model: str, frames_path: str, peak_
                     counts, off = score_frame(found, ref, radius, info, info.beam_direction[i])
                     rows.append({"experiment": experiment, "model": model, "finder": finder, "reference": ref_name,
                                  "frame": i, "wavelength_angstrom_used": wl, "camera_length_m_used": dist_m,
-                                 "geometry_source": source, **counts})
+                                 "geometry_source": source,
+                                 "out_of_distribution": bool(unlike[i]) if unlike is not None and finder == "cnn"
+                                 else False, **counts})
                     if len(off):
                         offsets.append(off.assign(experiment=experiment, model=model, finder=finder,
                                                   reference=ref_name, frame=i))
@@ -69,6 +72,12 @@ def evaluate_predictions(*, experiment: str, model: str, frames_path: str, peak_
             "transverse_px"]
     off = pd.concat(offsets, ignore_index=True)[cols] if offsets else pd.DataFrame(columns=cols)
     return pd.DataFrame(rows), off
+
+
+def _unlike(pred: dict) -> float:
+    """Frames a model extrapolates on (NaN for a prediction made without a training envelope)."""
+    flags = pred.get("out_of_distribution")
+    return float(np.sum(flags)) if flags is not None else np.nan
 
 
 def hit_labels(experiment: str, n_frames: int, truth_source: str | None, hit_frames, dials_export: str | None
@@ -107,11 +116,12 @@ def classifier_table(experiment: str, hit_preds: dict[str, str], energy_distance
     labels, source = hit_labels(experiment, info.n_frames, truth_source, hit_frames, dials_export)
     truth_hits = None if labels is None else (labels[info.source_index.astype(int)] if truth_source else labels)
     for model, path in hit_preds.items():
-        p = read_prediction(path)["pred"]
+        pred = read_prediction(path)
+        p = pred["pred"]
         pred_hit = (p >= 0.5).astype(int)
         rows.append({"experiment": experiment, "model": model, "frames": len(p), "predicted_hits": int(pred_hit.sum()),
                      "accuracy": float(np.mean(pred_hit == truth_hits)) if truth_hits is not None else np.nan,
-                     "reference": source})
+                     "reference": source, "out_of_distribution_frames": _unlike(pred)})
     if energy_distance_pred:
         p = read_prediction(energy_distance_pred)
         e_true = [energy_kev(w) for w in info.wavelength_angstrom]
@@ -123,7 +133,7 @@ def classifier_table(experiment: str, hit_preds: dict[str, str], energy_distance
         d_near = np.asarray(p["camera_lengths_m"])[[int(np.argmin(np.abs(np.asarray(p["camera_lengths_m"]) - d)))
                                                     for d in d_true]]
         rows.append({"experiment": experiment, "model": "energy_distance", "frames": len(e_pred),
-                     "predicted_hits": np.nan,
+                     "predicted_hits": np.nan, "out_of_distribution_frames": _unlike(p),
                      "accuracy": float(np.mean(np.isclose(e_pred, e_near) & np.isclose(d_pred, d_near))),
                      "reference": "nearest matrix class of the file's energy and distance",
                      "energy_kev_file_median": float(np.median(e_true)), "camera_length_m_file_median":

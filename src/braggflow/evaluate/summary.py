@@ -36,6 +36,9 @@ def summarize(frames: pd.DataFrame, offsets: pd.DataFrame) -> pd.DataFrame:
                      "n_reference": int(g.n_reference.sum()), "tp": tp, "fn": fn, "spurious": spurious,
                      "precision": precision, "recall": recall, "f1": f1,
                      "spurious_per_frame": spurious / max(g.frame.nunique(), 1), **_medians(sel),
+                     # frames the finder's model extrapolates on (ml.ood): its figures there are not a model's
+                     "out_of_distribution_frames": int(g.loc[g.out_of_distribution.astype(bool), "frame"].nunique())
+                     if "out_of_distribution" in g else 0,
                      "geometry_source": ",".join(sorted({str(v) for v in g.geometry_source.dropna()}))})
     return pd.DataFrame(rows)
 

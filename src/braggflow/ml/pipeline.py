@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..formats import profiles
@@ -66,10 +67,24 @@ def run_peak_finder(shards: Sequence[str], *, weights: str, card: str, history: 
                                               for r, s in found}})
     metrics = {"test": scores, "best_validation_loss": min(h["validation_loss"] for h in result.history),
                "spot_extraction": post, "tuning_grid": grid,
-               "inference_seconds_per_frame": seconds / max(len(found), 1)}
+               "inference_seconds_per_frame": seconds / max(len(found), 1),
+               "training_envelope": background_envelope(splits).as_dict()}
     _write_card(card, "peak_finder", "PeakUNet", {"base_channels": cfg.peak_finder.base_channels}, splits,
                 shards, weights, metrics, result, cfg, seed, frames_per_epoch=len(splits["train"]))
     return scores
+
+
+def background_envelope(splits, max_frames: int = 200):
+    """The envelope (ml.ood) of the training frames' background, the held-out frames inside it; at most
+    ``max_frames`` frames of each, evenly spaced, are read."""
+    from .ood import PEAK_FINDER_FEATURE, background_features, fit_envelope
+
+    def features(refs):
+        step = max(1, -(-len(refs) // max_frames))
+        return np.array([background_features(D.read_counts_only(r)) for r in refs[::step]]).reshape(-1, 1)
+
+    return fit_envelope(PEAK_FINDER_FEATURE, features(splits["train"]),
+                        features(splits["validation"] + splits["test"]))
 
 
 def _write_card(card, name, arch, arguments, splits, shards, weights, metrics, result, cfg, seed,
@@ -105,7 +120,8 @@ def run_hit_classifier(shards: Sequence[str], *, weights: str, card: str, histor
     save_weights(model, weights)
     _write_history(history, result.history)
     _write_card(card, "hit_classifier", "HitClassifier", {"channels": cfg.hit_classifier.channels}, splits,
-                shards, weights, {"test": metrics}, result, cfg, seed, frames_per_epoch=len(splits["train"]))
+                shards, weights, {"test": metrics, "training_envelope": background_envelope(splits).as_dict()}, result,
+                cfg, seed, frames_per_epoch=len(splits["train"]))
     return metrics
 
 
@@ -137,8 +153,9 @@ def read_profiles(path: str):
 
 def run_energy_distance(profiles: str, *, weights: str, card: str, history: str, cfg: TrainingSettings,
                         run: TrainingRun, seed: int, log=None) -> dict:
-    from .models import save_weights
     from .energy_distance import train_energy_distance
+    from .models import save_weights
+    from .ood import ENERGY_DISTANCE_FEATURE, fit_envelope
 
     device = _setup(run)
     sets, split, classes = read_profiles(profiles)
@@ -151,7 +168,10 @@ def run_energy_distance(profiles: str, *, weights: str, card: str, history: str,
     _write_card_split(card, "energy_distance", "EnergyDistanceNet",
                       {"sectors": e.sectors, "radial_bins": e.radial_bins, "n_energies": n_e, "n_distances": n_d,
                        "channels": e.channels}, datasets, split, [profiles], weights,
-                      {"test": metrics, "classes": classes}, result, cfg, seed, len(split["train"]))
+                      {"test": metrics, "classes": classes,
+                       "training_envelope": fit_envelope(ENERGY_DISTANCE_FEATURE, sets["train"].profile, np.concatenate(
+                           [sets["validation"].profile, sets["test"].profile])).as_dict()},
+                      result, cfg, seed, len(split["train"]))
     return metrics
 
 

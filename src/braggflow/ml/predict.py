@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..formats.predictions import write_prediction
 from ..formats.frames import read_frame_photons, read_frames_info
+from ..formats.predictions import write_prediction
 from ..settings import TrainingRun, TrainingSettings
 from .cards import read_card
+from .ood import Envelope, background_features, describe
 
 KINDS = ("peak_finder", "hit_classifier", "energy_distance")
 
@@ -44,6 +45,7 @@ def predict_file(frames_path: str | Path, card_path: str | Path, weights_path: s
     n, p = info.n_frames, info.n_panels
     t0 = time.perf_counter()
     attrs: dict[str, Any] = {}
+    features = []  # per frame, what the model's training envelope compares (ml.ood)
     if kind == "peak_finder":
         shape = (n, info.shape[0], info.shape[1]) if p == 1 else (n, p, *info.shape)
         pred = np.empty(shape, np.float16)
@@ -52,6 +54,7 @@ def predict_file(frames_path: str | Path, card_path: str | Path, weights_path: s
         block_px = min(512, 4 * -(-max(info.shape) // 4))
         for i in range(n):
             photons = read_frame_photons(frames_path, i)
+            features.append(background_features(photons))
             for j in range(p):
                 prob = predict_probability(model, photons[j], device, block_px=block_px)
                 if p == 1:
@@ -67,6 +70,7 @@ def predict_file(frames_path: str | Path, card_path: str | Path, weights_path: s
         with torch.no_grad():
             for i in range(n):
                 photons = read_frame_photons(frames_path, i)
+                features.append(background_features(photons))
                 x = torch.from_numpy(np.stack([binned_frame(photons[j], bin_px) for j in range(p)])).to(device)
                 # A hit on any panel is a hit (the classifier pools globally over one image).
                 pred[i] = float(torch.sigmoid(model(x)).max())
@@ -77,9 +81,10 @@ def predict_file(frames_path: str | Path, card_path: str | Path, weights_path: s
                              f"has {p} panels (set experiments.<name>.energy_distance: false)")
         a = card["arguments"]
         energies, lengths = card["metrics"]["classes"]["energies_kev"], card["metrics"]["classes"]["camera_lengths_m"]
-        prof = np.stack([polar_profile(read_frame_photons(frames_path, i)[0],
-                                       info.panels.beam_center_px(info.beam_direction[i]), a["radial_bins"],
-                                       a["sectors"]) for i in range(n)])
+        frames = [(read_frame_photons(frames_path, i)[0], info.panels.beam_center_px(info.beam_direction[i]))
+                  for i in range(n)]
+        prof = np.stack([polar_profile(ph, c, a["radial_bins"], a["sectors"]) for ph, c in frames])
+        features = [polar_profile(ph, c, a["radial_bins"], 1)[0] for ph, c in frames]
         with torch.no_grad():
             pe, pd_ = model(torch.from_numpy(prof).to(device))
             pe, pd_ = torch.softmax(pe, 1).cpu().numpy(), torch.softmax(pd_, 1).cpu().numpy()
@@ -92,14 +97,27 @@ def predict_file(frames_path: str | Path, card_path: str | Path, weights_path: s
     else:
         raise ValueError(f"{card_path}: unknown model kind {kind!r}; known: {KINDS}")
     seconds = time.perf_counter() - t0
+    extras = ({"energy_probability": pe.astype(np.float32), "camera_length_probability": pd_.astype(np.float32)}
+              if kind == "energy_distance" else {})
+    envelope = card["metrics"].get("training_envelope")
+    if envelope is not None:
+        envelope = Envelope.from_dict(envelope)
+        scores = envelope.score(np.array(features).reshape(n, -1)) if n else np.zeros(0)
+        extras.update(ood_score=scores.astype(np.float32), out_of_distribution=scores > envelope.threshold)
+        if log and n:
+            (log.warning if (scores > envelope.threshold).any() else log.info)(
+                "%s", describe(envelope, scores, f"{kind} {card['model_id'][:8]}"))
+    elif log:
+        log.warning("%s: its model card has no training envelope; frames unlike its training frames are not flagged",
+                    card_path)
     write_prediction(out, pred, classes=classes, model_id=card["model_id"], panel_names=info.panels.name,
                      attrs={**attrs, "model": kind, "model_datasets": ",".join(card["datasets"]),
                             "input": Path(frames_path).as_posix(), "layout": _layout(kind, p),
                             "seconds_per_frame": seconds / max(n, 1)},
-                     marginals={"energy_probability": pe.astype(np.float32),
-                                "camera_length_probability": pd_.astype(np.float32)}
-                     if kind == "energy_distance" else None)
+                     extras=extras)
     stats = {"model": kind, "model_id": card["model_id"], "frames": n, "panels": p, "shape": list(pred.shape),
+             "out_of_distribution_frames": int(extras["out_of_distribution"].sum()) if "out_of_distribution" in extras
+             else None,
              "seconds_per_frame": round(seconds / max(n, 1), 3), "device": str(device)}
     if log:
         log.info("%s", stats)
