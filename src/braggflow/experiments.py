@@ -88,9 +88,9 @@ def experiment_specs(config: dict[str, Any], datasets: dict[str, Dataset], schem
         else:
             if not e["files"]:
                 problems.append(f"{_key(name, 'files')}: kind 'file' needs at least one input file")
+            models = tuple(e["models"]) or tuple(datasets)
         if e["kind"] == "shifted_simulation" and e["hit_frames"] is not None:
             problems.append(f"{_key(name, 'hit_frames')}: a shifted simulation is scored against its own truth")
-            models = tuple(e["models"]) or tuple(datasets)
         problems += _check_matched(name, e, config, schema)
         out[name] = Experiment(name=name, kind=e["kind"], structure=e["structure"], models=models,
                                energy_distance=bool(e["energy_distance"]), like=e["like"], frames=int(e["frames"]),
