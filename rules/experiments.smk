@@ -232,7 +232,7 @@ rule evaluation_summary:
             labels={"figure": "hit and energy / camera-length predictions"},
         ),
     params:
-        evaluation=EVALUATION.params("resolution_bins"),
+        evaluation=EVALUATION.params("resolution_bins", "min_i_over_sigma"),
         experiments=list(EXPERIMENTS),
         hit_models={x: experiment_models(x, ("hit_classifier",)) for x in EXPERIMENTS},
         energy_distance={x: EXPERIMENTS[x].energy_distance for x in EXPERIMENTS},

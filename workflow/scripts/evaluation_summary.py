@@ -19,7 +19,7 @@ with logged(snakemake.log[0]) as log:
     summary.insert(1, "input", summary.experiment.map(lambda x: "shifted simulation" if p.shifted[x] else "file"))
     write(summary, snakemake.output.summary)
     write(offsets_by_resolution(offsets, p.evaluation["resolution_bins"]), snakemake.output.bins)
-    plot_summary(snakemake.output.plot, summary)
+    plot_summary(snakemake.output.plot, summary, p.evaluation["min_i_over_sigma"])
     hits, ed = iter(i.hits), iter(i.energy_distance)
     truth, dials_labels = iter(i.truth), iter(i.hit_labels)
     tables = []

@@ -32,21 +32,53 @@ def plot_offsets(path: str | Path, bins: pd.DataFrame, title: str) -> None:
     save_figure(fig, path)
 
 
-def plot_summary(path: str | Path, summary: pd.DataFrame) -> None:
-    """Recall, precision and spurious peaks per frame of every (experiment, model, finder) per reference."""
+FINDER_STYLE = {"cnn": ("o", "tab:red", "CNN"), "dispersion": ("s", "tab:blue", "dispersion"),
+                "dials": ("^", "tab:green", "DIALS spot finder")}
+REFERENCE_TEXT = {"truth": "the simulation's truth", "dials": "DIALS-indexed reflections (DIALS geometry)",
+                  "dials_predicted_geometry": "DIALS-indexed reflections at the predicted energy / distance"}
+
+
+def plot_summary(path: str | Path, summary: pd.DataFrame, min_i_over_sigma: float | None = None) -> None:
+    """One row per experiment, one panel per reference: recall against spurious peaks per frame, a labelled
+    point per (finder, model), the reference and its I/sigma cut named. Up and to the left is better."""
     plt = pyplot()
-    refs = list(dict.fromkeys(summary.reference)) or ["none"]
-    fig, axes = plt.subplots(len(refs), 3, figsize=(16, 4.2 * len(refs)), squeeze=False)
-    for r, ref in enumerate(refs):
-        s = summary[summary.reference == ref]
-        labels = [f"{e}\n{m}\n{f}" for e, m, f in zip(s.experiment, s.model, s.finder)]
-        x = np.arange(len(s))
-        colours = ["tab:red" if f == "cnn" else ("tab:blue" if f == "dispersion" else "tab:green") for f in s.finder]
-        for c, (col, label) in enumerate((("recall", "recall"), ("precision", "precision"),
-                                          ("spurious_per_frame", "spurious peaks per frame"))):
+    experiments = list(dict.fromkeys(summary.experiment)) or ["none"]
+    refs = {x: list(dict.fromkeys(summary.reference[summary.experiment == x])) or ["none"] for x in experiments}
+    cols = max(len(r) for r in refs.values())
+    fig, axes = plt.subplots(len(experiments), cols, figsize=(6.2 * cols, 5.0 * len(experiments)), squeeze=False)
+    for r, x in enumerate(experiments):
+        for c in range(cols):
             ax = axes[r, c]
-            ax.bar(x, s[col], color=colours)
-            ax.set(xticks=x, ylabel=label, title=f"{label} against {ref} (red CNN, blue dispersion, green DIALS)")
-            ax.set_xticklabels(labels, fontsize=6, rotation=90)
+            if c >= len(refs[x]):
+                ax.axis("off")
+                continue
+            ref = refs[x][c]
+            s = summary[(summary.experiment == x) & (summary.reference == ref)]
+            s = pd.concat([s[s.finder != "dials"], s[s.finder == "dials"].head(1)])  # DIALS' spots: one model-free point
+            for finder, (marker, colour, label) in FINDER_STYLE.items():
+                g = s[s.finder == finder]
+                ax.scatter(g.spurious_per_frame, g.recall, marker=marker, s=70, color=colour, label=label,
+                           edgecolor="black", linewidth=0.5, zorder=3)
+                names: dict[tuple[float, float], list[str]] = {}  # models on one point share one label
+                for row in g.itertuples():
+                    name = str(row.model).replace("peak_finder-", "")
+                    if getattr(row, "out_of_distribution_frames", 0):
+                        name += " (extrapolates)"
+                    names.setdefault((row.spurious_per_frame, row.recall), []).append(name)
+                for (spurious, recall), models in names.items():
+                    if finder != "dials":
+                        ax.annotate(", ".join(models), (spurious, recall), xytext=(6, 4), textcoords="offset points",
+                                    fontsize=9)
+            cut = "" if ref == "truth" or min_i_over_sigma is None else f", I/sigma >= {min_i_over_sigma:g}"
+            ax.set_title(f"{x}: against {REFERENCE_TEXT.get(ref, ref)}{cut}", fontsize=10)
+            ax.set_xlabel("spurious peaks per frame (fewer is better)", fontsize=10)
+            ax.set_ylabel("recall (higher is better)", fontsize=10)
+            ax.set_ylim(-0.02, 1.05)
+            ax.set_xlim(left=-0.5)
+            ax.grid(alpha=0.3)
+            if c == 0:
+                ax.legend(fontsize=9, loc="best")
+    fig.suptitle("Peak finders on the experimental inputs: recall against spurious peaks (results/evaluation/"
+                 "summary.tsv)", fontsize=12)
     fig.tight_layout()
     save_figure(fig, path)
