@@ -64,6 +64,18 @@ def test_measurement_counts_rate_per_eligible_mpx_and_keeps_every_amplitude(tmp_
         measure_outlier_pixels(tmp_path / "frames.h5", 0)
 
 
+def test_a_counting_detectors_poisson_background_is_not_taken_for_hot_pixels_silently(tmp_path):
+    """3 photons per pixel (a photon-counting detector's background): Poisson noise alone makes lone pixels; the
+    measurement says so and names the setting, while the 0.5-photon frames above raise nothing."""
+    rng = np.random.default_rng(4)
+    write_frames(tmp_path / "counting.h5", rng.poisson(3.0, (2, 4, 60, 50)).astype(np.float32))
+    noisy = measure_outlier_pixels(tmp_path / "counting.h5", 5.0)
+    assert noisy["background_photons_per_px"] == pytest.approx(3.0, abs=0.5) and noisy["per_mpx"] > 50
+    assert "Poisson noise" in noisy["warning"] and "outliers_from_frames: false" in noisy["warning"]
+    write_frames(tmp_path / "integrating.h5", np.stack([frame_with_outliers()] * 2))
+    assert measure_outlier_pixels(tmp_path / "integrating.h5", 5.0)["warning"] is None
+
+
 @pytest.mark.parametrize("text, message", [
     ("{not json", "unreadable outlier-pixel measurement"),
     (json.dumps({"per_mpx": 10.0}), "unreadable outlier-pixel measurement.*photons"),
