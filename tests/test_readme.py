@@ -68,3 +68,22 @@ def test_a_user_config_extends_the_default_or_replaces_it_as_the_readme_says(tmp
     # --replace-workflow-config: only what the file says (the tiny config: 2 datasets, its own experiments).
     replaced = planned_rules("--replace-workflow-config", "--configfile", str(TINY))
     assert re.search(r"^overlay_gallery\s+2$", replaced, re.M), replaced
+
+
+def test_the_own_experiment_walkthrough_config_is_valid_and_plans_its_jobs(tmp_path):
+    """The README's "Your own experiment" config block, as a user would save it: it validates, and the
+    walk-through's command plans the import, DIALS and the evaluation of its frames."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Your own experiment", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    mine = tmp_path / "my.yaml"
+    mine.write_text(block)
+    name = next(iter(yaml.safe_load(block)["experiments"]))
+    command = next(line for _, line in documented_commands() if "results/evaluation/summary.tsv --configfile my.yaml"
+                   in line and line in section)
+    argv = [a if a != "my.yaml" else str(mine) for a in shlex.split(command)[1:]]
+    res = subprocess.run([str(SNAKEMAKE), "-n", *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    for planned in (f"results/experiments/{name}/frames.h5", f"results/experiments/{name}/dials/export.npz",
+                    f"results/evaluation/{name}/peak_finder-8keV_150mm/frames.tsv"):
+        assert planned in res.stdout, planned
