@@ -218,6 +218,35 @@ def test_rectangular_pixels_are_refused_with_the_file_named(tmp_path):
         panel_detectors(p, np.array([0, 0, -1.0]), "frames.h5")
 
 
+def test_a_stand_in_for_any_cell_from_the_command_line_or_from_dials(tmp_path):
+    """python -m braggflow.stand_in: with thermolysin's composition and cell it writes the shipped stand-in byte for
+    byte; --from-dials takes the mean cell of the frames DIALS indexed; a bad space group is named."""
+    from braggflow.formats import dials_export
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "braggflow.stand_in", *map(str, args)], capture_output=True,
+                              text=True, cwd=tmp_path)
+
+    res = run(tmp_path / "t.pdb", "--space-group", "P 61 2 2", "--cell", 93.42, 93.42, 131.08, 90, 90, 120,
+              "--residues", 316, "--ions", "ZN=1,CA=4")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "t.pdb").read_bytes() == (RESOURCES / "structures/thermolysin_stand_in.pdb").read_bytes()
+    arrays = {k: np.zeros(3) for k in dials_export.FRAME_KEYS}
+    arrays.update({k: np.zeros(0) for k in dials_export.KEYS if k not in dials_export.FRAME_KEYS})
+    arrays["indexed"] = np.array([True, False, True])
+    arrays["cell"] = np.array([[60.0, 70.0, 80.0, 90, 90, 90], [1, 1, 1, 90, 90, 90], [60.2, 70.2, 80.2, 90, 90, 90]])
+    dials_export.write_dials_export(tmp_path / "export.npz", arrays)
+    res = run(tmp_path / "p.pdb", "--space-group", "P212121", "--from-dials", tmp_path / "export.npz",
+              "--residues", 120, "--ions", "")
+    assert res.returncode == 0, res.stderr
+    model = read_structure(tmp_path / "p.pdb")
+    assert model.cell == pytest.approx((60.1, 70.1, 80.1, 90.0, 90.0, 90.0))
+    assert model.spacegroup.xhm().startswith("P 21 21 21")
+    bad = run(tmp_path / "x.pdb", "--space-group", "P 99", "--cell", 1, 1, 1, 90, 90, 90, "--residues", 3)
+    assert bad.returncode == 2 and "--space-group: unknown space group 'P 99'" in bad.stderr
+    assert not (tmp_path / "x.pdb").exists()
+
+
 def test_thermolysin_stand_in_is_the_generators_output(tmp_path):
     out = tmp_path / "t.pdb"
     subprocess.run([sys.executable, str(RESOURCES / "structures/make_thermolysin_stand_in.py"), str(out)], check=True)
