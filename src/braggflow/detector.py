@@ -26,6 +26,12 @@ def _vec3(value, what: str) -> tuple[float, float, float]:
     return tuple(float(v) for v in vec)  # type: ignore[return-value]
 
 
+def _to_lab(origin, fast, slow, pixel, xy):
+    """Lab positions (mm) of continuous pixel coordinates ``xy`` (..., 2) on panels (broadcastable (..., 3);
+    ``pixel`` (..., 2) (fast, slow) mm)."""
+    return origin + (xy[..., :1] * pixel[..., :1]) * fast + (xy[..., 1:] * pixel[..., 1:]) * slow
+
+
 def _ray_to_px(origin, fast, slow, pixel, rays, shift_mm=None):
     """(x, y, forward) where rays from the sample meet panel planes (all (n, 3) or broadcastable; ``pixel``
     (n, 2) (fast, slow) mm). Exact for skewed axes: solves origin + a f + b s = t d in the panel's own basis."""
@@ -112,17 +118,14 @@ class Panel:
 
     def to_lab(self, xy_px: ArrayLike) -> np.ndarray:
         """(n, 3) lab positions (mm) of (n, 2) continuous pixel coordinates."""
-        xy = np.asarray(xy_px, float).reshape(-1, 2)
-        pf, ps = self.pixel_mm
-        return (np.asarray(self.origin_mm) + (xy[:, :1] * pf) * np.asarray(self.fast_axis)
-                + (xy[:, 1:] * ps) * np.asarray(self.slow_axis))
+        return _to_lab(np.asarray(self.origin_mm), np.asarray(self.fast_axis), np.asarray(self.slow_axis),
+                       np.asarray(self.pixel_mm), np.asarray(xy_px, float).reshape(-1, 2))
 
     def pixel_centres_lab(self) -> np.ndarray:
         """(slow, fast, 3) lab positions (mm) of every pixel centre."""
         j, i = np.mgrid[0:self.n_slow, 0:self.n_fast].astype(float) + 0.5
-        pf, ps = self.pixel_mm
-        return (np.asarray(self.origin_mm) + (i[..., None] * pf) * np.asarray(self.fast_axis)
-                + (j[..., None] * ps) * np.asarray(self.slow_axis))
+        return _to_lab(np.asarray(self.origin_mm), np.asarray(self.fast_axis), np.asarray(self.slow_axis),
+                       np.asarray(self.pixel_mm), np.stack([i, j], axis=-1))
 
     def corners_lab(self) -> np.ndarray:
         """(4, 3) lab positions of the panel's outer corners."""
@@ -203,9 +206,9 @@ class Detector:
 
     def to_lab(self, panel: ArrayLike, xy_px: ArrayLike) -> np.ndarray:
         """(n, 3) lab positions (mm) of (n, 2) pixel coordinates on the given panels."""
-        p, xy = np.asarray(panel, int), np.asarray(xy_px, float).reshape(-1, 2)
-        return (self.origin_mm[p] + (xy[:, :1] * self.pixel_size_mm[p, :1]) * self.fast_axis[p]
-                + (xy[:, 1:] * self.pixel_size_mm[p, 1:]) * self.slow_axis[p])
+        p = np.asarray(panel, int)
+        return _to_lab(self.origin_mm[p], self.fast_axis[p], self.slow_axis[p], self.pixel_size_mm[p],
+                       np.asarray(xy_px, float).reshape(-1, 2))
 
     def intersect(self, panel: ArrayLike, rays: ArrayLike, shift_mm: ArrayLike | None = None) -> np.ndarray:
         """(n, 2) pixel coordinates where rays from the sample (n, 3) meet their panel's plane, the panels moved

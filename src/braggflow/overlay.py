@@ -34,7 +34,7 @@ from scipy import ndimage
 from .errors import InputError
 from .geometry import Geometry
 from .formats import shards as S
-from .formats.nxmx import DEAD_BIT, GAP_BIT, nxmx_writer
+from .formats.nxmx import DEAD_BIT, GAP_BIT, nxmx_writer, read_geometry
 from .settings import Section
 from .shards import THIN_SENSOR_MM
 from .formats.background import read_background
@@ -160,7 +160,7 @@ def write_overlay(path: str | Path, *, peaks_path: str | Path, water_path: str |
                   seed: int, dataset_index: int, nominal_fluence_per_m2: float, log=None) -> dict[str, Any]:
     peaks_path, water_path = Path(peaks_path), Path(water_path)
     bg = read_background(water_path)
-    peaks_geometry = Geometry.from_dict(S.read_geometry(peaks_path))
+    peaks_geometry = read_geometry(peaks_path)
     n_frames = S.n_frames(peaks_path)
     attrs = S.read_attrs(peaks_path)
     structure, dataset = attrs["structure"], attrs["dataset"]

@@ -33,6 +33,8 @@ WAVELENGTH_PATH = "/entry/instrument/beam/incident_wavelength"
 WAVELENGTH_UNITS = "angstrom"
 DET_Z_PATH = DETECTOR_PATH + "/transformations/det_z"
 MODULE_PATH = DETECTOR_PATH + "/module"
+# The dataset's Geometry as JSON, for braggflow's own readers (formats.shards reads it from every shard).
+GEOMETRY_PATH = "/entry/braggflow_geometry"
 
 
 def _nx(group: h5py.Group, nx_class: str) -> h5py.Group:
@@ -97,7 +99,7 @@ def write_nxmx_metadata(f: h5py.File, geometry: Geometry, wavelengths_angstrom: 
                     MODULE_PATH + "/module_offset")
     _transformation(module, "slow_pixel_direction", px_mm, "mm", "translation", [0, -1, 0],
                     MODULE_PATH + "/module_offset")
-    entry.create_dataset("braggflow_geometry", data=json.dumps(geometry.as_dict()))
+    f.create_dataset(GEOMETRY_PATH, data=json.dumps(geometry.as_dict()))
 
 
 @contextlib.contextmanager
@@ -120,7 +122,7 @@ def nxmx_writer(path: str | Path, geometry: Geometry, n_frames: int, dtype, wave
 
 def read_geometry(path: str | Path) -> Geometry:
     with h5py.File(path, "r") as f:
-        return Geometry.from_dict(json.loads(f["entry/braggflow_geometry"][()]))
+        return Geometry.from_dict(json.loads(f[GEOMETRY_PATH][()]))
 
 
 def read_nxmx_geometry(f: h5py.File, path, shape) -> Geometry:

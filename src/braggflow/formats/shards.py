@@ -29,10 +29,9 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import atomic_path
-from .nxmx import DATA_PATH
+from .nxmx import DATA_PATH, GEOMETRY_PATH
 
 GROUP = "braggflow"
-GEOMETRY_PATH = "entry/braggflow_geometry"
 FRAMES_PATH = GROUP + "/frames"
 TRUTH_PATH = GROUP + "/truth"
 LABEL_PATH = GROUP + "/labels/peak_mask"
