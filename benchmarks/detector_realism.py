@@ -1,7 +1,7 @@
 """Do simulated frames look like an experiment's real ones where a peak finder can tell? Spot shape and lone pixels.
 
 Prints, for the real frames (spots: DIALS-integrated reflections with I/sigma >= 5) and for a matched training
-shard (spots: truth reflections above 40 photons):
+shard (spots: truth reflections above the photon cut of results/matched/<experiment>/calibration.json, else 40):
 - the share of a spot's net photons in its brightest pixel, and how many pixels reach 20 % of that pixel
   (sets ``simulation.psf_fwhm_um``);
 - net photons (5x5 box, local median) of DIALS-integrated reflections by I/sigma bin: the photons at the
@@ -10,10 +10,15 @@ shard (spots: truth reflections above 40 photons):
   above the local median >= T while every neighbour stays below 15 % of it (braggflow.outliers;
   matched.outliers_from_frames draws the real frames' own).
 
+The calibration (rule calibrate_matched) fits the matched simulation to these statistics; its figure
+(calibration.png) is the fit report. This benchmark checks the training shard the fitted settings made.
+
 usage: python benchmarks/detector_realism.py [experiment]   (after the workflow has run it)
 """
 
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -96,13 +101,16 @@ def main(experiment: str = "thermolysin_lcls_cspad") -> None:
     report(f"real ({info.n_frames} frames)", np.concatenate(shapes), spikes, eligible_count(photons))
     report_net_photons(net)
 
+    calibration = Path(f"results/matched/{experiment}/calibration.json")
+    cut = (json.loads(calibration.read_text())["settings"]["peak_finder"]["score_min_photons"]
+           if calibration.exists() else 40.0)
     shard = f"results/matched/{experiment}/shard_0000.h5"
     truth = S.read_truth(shard, ("frame_index", "x_px", "y_px", "photons", "visible"))
     index = S.read_frame_arrays(shard)["frame_index"]
     shapes, spikes = [], []
     for row, frame_index in enumerate(index):
         counts = S.read_images(shard, row).astype(float)[None]
-        t = truth[(truth.frame_index == frame_index) & truth.visible & (truth.photons > 40)]
+        t = truth[(truth.frame_index == frame_index) & truth.visible & (truth.photons > cut)]
         shapes.append(spot_shapes(counts, np.zeros(len(t), int), t[["x_px", "y_px"]].to_numpy()))
         spikes.append(isolated_pixels(counts, 3.0))
     report(f"matched simulation ({len(index)} frames of {shard})", np.concatenate(shapes), spikes,

@@ -16,7 +16,7 @@ from braggflow.draws import spectrum_rel_sigma
 from braggflow.geometry import dataset_geometry
 from braggflow.matrix import DATASET_RE, ENERGY_LABEL_RE, energies, expand_matrix
 from braggflow.overlay import OverlaySettings
-from braggflow.settings import EvaluationSettings, TrainingSettings
+from braggflow.settings import EvaluationSettings, TrainingSettings, canonical
 from braggflow.sf import D_MIN_MARGIN
 from braggflow.sf import sf_d_min_angstrom as structure_factor_d_min
 from braggflow.shards import SimulationSettings, frame_indices
@@ -252,6 +252,7 @@ def benchmark_files():
     for x in MATCHED:
         stages = ["matched_structure_factors", "train_matched_peak_finder", "matched_baseline_peak_finder"]
         stages += ["matched_outlier_pixels"] if matched_outlier_input(x) else []
+        stages += ["calibrate_matched"] if matched_calibration_input(x) else []
         files += [f"{B}/{stage}/{x}.tsv" for stage in stages]
         files += [f"{B}/matched_frames/{x}/shard_{s}.tsv" for s in matched_shard_names(x)]
     return files
@@ -437,6 +438,52 @@ def matched_shard_frames(experiment, shard):
     return frames.start, frames.stop
 
 
+def matched_structure_file(experiment):
+    """The structure a matched model simulates: the workflow's stand-in, or a configured structure's file."""
+    m = EXPERIMENTS[experiment].matched
+    if m["stand_in"] is not None:
+        return matched_file(experiment, "stand_in.pdb")
+    return config["structures"][m["structure"]]["file"]
+
+
+def matched_d_min_angstrom(experiment):
+    m = EXPERIMENTS[experiment].matched
+    if m["stand_in"] is not None:
+        return m["stand_in"]["d_min_angstrom"]
+    return config["structures"][m["structure"]].get("d_min_angstrom")
+
+
+STAND_INS = [x for x in MATCHED if EXPERIMENTS[x].matched["stand_in"] is not None]
+
+
+def stand_in_pattern():
+    return "|".join(STAND_INS) if STAND_INS else NEVER
+
+
+def stand_in_params(experiment):
+    """What makes a stand-in's bytes: its composition, space group (its own or the experiment's DIALS one), the
+    given cell (or none: the DIALS mean cell, an input), B and seed."""
+    from braggflow.experiments import stand_in_space_group
+
+    e = EXPERIMENTS[experiment]
+    si = e.matched["stand_in"]
+    return {
+        "residues": si["residues"],
+        "ions": canonical(si["ions"]),
+        "space_group": stand_in_space_group(e.dials, si),
+        "unit_cell": si["unit_cell"],
+        "b_iso_angstrom2": si["b_iso_angstrom2"],
+        "seed": si["seed"],
+    }
+
+
+def stand_in_dials_input(experiment):
+    """DIALS' result where the stand-in takes its cell from the indexed frames."""
+    if EXPERIMENTS[experiment].matched["stand_in"]["unit_cell"] is None:
+        return [f"results/experiments/{experiment}/dials/export.npz"]
+    return []
+
+
 def matched_section_of(experiment, section):
     from braggflow.experiments import matched_section
 
@@ -444,16 +491,41 @@ def matched_section_of(experiment, section):
 
 
 def matched_outlier_input(experiment):
-    """The lone-pixel measurement of the experiment's frames, where its matched frames draw outliers from it."""
-    if EXPERIMENTS[experiment].matched["outliers_from_frames"]:
+    """The lone-pixel measurement of the experiment's frames, where its matched frames may draw outliers from it:
+    set so by hand, or left to the calibration."""
+    m = EXPERIMENTS[experiment].matched
+    if m["outliers_from_frames"] or (m["outliers_from_frames"] is None and m["calibrate"]):
         return [matched_file(experiment, "outlier_pixels.json")]
     return []
 
 
+def matched_calibration_input(experiment):
+    """The calibration of the experiment's matched simulation, where it is calibrated."""
+    return [matched_file(experiment, "calibration.json")] if EXPERIMENTS[experiment].matched["calibrate"] else []
+
+
+def matched_hand_set(experiment):
+    """The calibrated keys the experiment's matched section sets by hand: the calibration keeps them."""
+    from braggflow.calibration import CALIBRATED
+
+    m = EXPERIMENTS[experiment].matched
+    out = {}
+    for key in CALIBRATED:
+        section, _, name = key.rpartition(".")
+        value = m[section].get(name) if section else m[name]
+        if value is not None:
+            out[key] = canonical(value)  # the same values in another key order are the same params
+    return out
+
+
 def matched_jet_thickness_m(experiment):
+    """The matched frames' jet; None where the calibration fits it (calibration.json, an input, has it)."""
     from braggflow.experiments import matched_jet_thickness_m
 
-    return matched_jet_thickness_m(config, EXPERIMENTS[experiment].matched)
+    m = EXPERIMENTS[experiment].matched
+    if m["calibrate"] and m["jet_thickness_um"] is None:
+        return None
+    return matched_jet_thickness_m(config, m)
 
 
 def matched_training(experiment):

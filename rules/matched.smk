@@ -1,22 +1,40 @@
 # Sim-to-real: training frames simulated in an experiment's own detector and beam models (every panel, distance and
 # wavelength from its frames file), a peak finder and the dispersion baseline trained on them (the "matched"
 # model, peak_finder-matched). With matched.outliers_from_frames, the lone bright pixels of the training frames
-# follow those measured in the experiment's frames (matched_outlier_pixels). GPU rules: matched_frames,
-# train_matched_peak_finder.
+# follow those measured in the experiment's frames (matched_outlier_pixels). With matched.calibrate (the default),
+# calibrate_matched sets the beam, jet, PSF, crystal size, noise, outliers and photon cut from the experiment's
+# frames and DIALS result; hand-set values are kept. GPU rules: calibrate_matched, matched_frames,
+# train_matched_peak_finder. With matched.stand_in, matched_stand_in builds the crystal simulated: random atoms of
+# the stated composition in the experiment's space group and DIALS' mean cell.
+
+
+rule matched_stand_in:
+    input:
+        dials=lambda wc: stand_in_dials_input(wc.experiment),
+    output:
+        "results/matched/{experiment}/stand_in.pdb",
+    params:
+        stand_in=lambda wc: stand_in_params(wc.experiment),
+    log:
+        "logs/matched/{experiment}/stand_in.log",
+    wildcard_constraints:
+        experiment=stand_in_pattern(),
+    conda:
+        "../envs/braggflow.yaml"
+    script:
+        "../workflow/scripts/matched_stand_in.py"
 
 
 rule matched_structure_factors:
     input:
-        structure=lambda wc: config["structures"][EXPERIMENTS[wc.experiment].matched["structure"]]["file"],
+        structure=lambda wc: matched_structure_file(wc.experiment),
         frames="results/experiments/{experiment}/frames.h5",
     output:
         mtz="results/matched/{experiment}/structure_factors.mtz",
     params:
         anomalous=config["structure_factors"]["anomalous"],
         d_min_margin=D_MIN_MARGIN,
-        d_min_angstrom=lambda wc: config["structures"][EXPERIMENTS[wc.experiment].matched["structure"]].get(
-            "d_min_angstrom"
-        ),
+        d_min_angstrom=lambda wc: matched_d_min_angstrom(wc.experiment),
     log:
         "logs/matched/{experiment}/structure_factors.log",
     benchmark:
@@ -48,12 +66,51 @@ rule matched_outlier_pixels:
         "../workflow/scripts/matched_outlier_pixels.py"
 
 
+rule calibrate_matched:
+    input:
+        frames="results/experiments/{experiment}/frames.h5",
+        dials="results/experiments/{experiment}/dials/export.npz",
+        mtz="results/matched/{experiment}/structure_factors.mtz",
+        water=config["water"]["table"],
+        outliers=lambda wc: matched_outlier_input(wc.experiment),
+    output:
+        calibration="results/matched/{experiment}/calibration.json",
+        plot=report(
+            "results/matched/{experiment}/calibration.png",
+            caption="../workflow/report/calibration.rst",
+            category="Predictions and evaluation",
+            labels={"experiment": "{experiment}", "figure": "matched simulation calibration"},
+        ),
+    params:
+        beam=lambda wc: Beam.params(matched_section_of(wc.experiment, "beam")),
+        simulation=lambda wc: SimulationSettings.params(matched_section_of(wc.experiment, "simulation")),
+        overlay=lambda wc: overlay_params(matched_section_of(wc.experiment, "overlay")),
+        hand_set=lambda wc: matched_hand_set(wc.experiment),
+        min_i_over_sigma=config["evaluation"]["min_i_over_sigma"],
+        trial_frames=lambda wc: EXPERIMENTS[wc.experiment].matched["calibration_frames"],
+        seed=config["seed"],
+        dataset_index=lambda wc: EXPERIMENTS[wc.experiment].matched_seed_index,
+    resources:
+        gpu=simulation_gpus(),
+    log:
+        "logs/matched/{experiment}/calibration.log",
+    benchmark:
+        "results/benchmarks/calibrate_matched/{experiment}.tsv"
+    wildcard_constraints:
+        experiment=matched_pattern(),
+    conda:
+        simulation_conda_env()
+    script:
+        "../workflow/scripts/calibrate_matched.py"
+
+
 rule matched_frames:
     input:
         frames="results/experiments/{experiment}/frames.h5",
         mtz="results/matched/{experiment}/structure_factors.mtz",
         water=config["water"]["table"],
         outliers=lambda wc: matched_outlier_input(wc.experiment),
+        calibration=lambda wc: matched_calibration_input(wc.experiment),
     output:
         "results/matched/{experiment}/shard_{shard}.h5",
     params:
@@ -81,7 +138,8 @@ rule matched_frames:
 
 rule train_matched_peak_finder:
     input:
-        lambda wc: matched_shards(wc.experiment),
+        shards=lambda wc: matched_shards(wc.experiment),
+        calibration=lambda wc: matched_calibration_input(wc.experiment),
     output:
         weights="results/matched/{experiment}/peak_finder.pt",
         card="results/matched/{experiment}/peak_finder.json",
@@ -107,7 +165,8 @@ rule train_matched_peak_finder:
 
 rule matched_baseline_peak_finder:
     input:
-        lambda wc: matched_shards(wc.experiment),
+        shards=lambda wc: matched_shards(wc.experiment),
+        calibration=lambda wc: matched_calibration_input(wc.experiment),
     output:
         "results/matched/{experiment}/baseline_peaks.json",
     params:

@@ -5,7 +5,7 @@
 
 rule train_peak_finder:
     input:
-        lambda wc: overlay_shards(wc.structure, wc.dataset),
+        shards=lambda wc: overlay_shards(wc.structure, wc.dataset),
     output:
         weights="results/models/{structure}/{dataset}/peak_finder.pt",
         card="results/models/{structure}/{dataset}/peak_finder.json",
@@ -52,7 +52,7 @@ rule train_hit_classifier:
 
 rule baseline_peak_finder:
     input:
-        lambda wc: overlay_shards(wc.structure, wc.dataset),
+        shards=lambda wc: overlay_shards(wc.structure, wc.dataset),
     output:
         "results/models/{structure}/{dataset}/baseline_peaks.json",
     params:

@@ -277,13 +277,19 @@ def test_default_config_trains_a_matched_model_for_the_cspad_frames():
     e = specs(base_config())["thermolysin_lcls_cspad"]
     assert e.predict_with == "both" and e.matched["structure"] == "thermolysin"
     assert e.matched["frames"] == 40 and e.matched_seed_index != e.seed_index
-    assert e.matched["outliers_from_frames"] is True  # lone pixels as the CSPAD frames hold them
+    # calibrated from the CSPAD frames: no beam, jet, PSF, outlier or photon-cut value set by hand; the crystal
+    # size, which four stills do not fix, is named
+    assert e.matched["calibrate"] is True and e.matched["outliers_from_frames"] is None
+    assert not e.matched["beam"] and e.matched["jet_thickness_um"] is None
+    assert set(e.matched["simulation"]) == {"ncells"}
+    assert not {"label_min_photons", "outlier_pixels_per_mpx"} & set(e.matched["overlay"])
+    assert "score_min_photons" not in e.matched["peak_finder"]
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda x: x["matched"].update(structure=None), r"experiments\.thermolysin_lcls_cspad\.predict_with.*needs a matched section"),
     (lambda x: x["matched"].update(structure="lysozyme"), r"matched\.structure.*'lysozyme' is not among"),
-    (lambda x: x["matched"]["simulation"].update(oversample=0),
+    (lambda x: x["matched"].setdefault("simulation", {}).update(oversample=0),
      r"experiments\.thermolysin_lcls_cspad\.matched\.simulation\.oversample"),
     (lambda x: x["matched"]["peak_finder"].update(epochs=0),
      r"experiments\.thermolysin_lcls_cspad\.matched\.peak_finder\.epochs"),
@@ -293,3 +299,30 @@ def test_bad_matched_settings_name_the_key(change, message):
     change(cfg["experiments"]["thermolysin_lcls_cspad"])
     with pytest.raises(ConfigError, match=message):
         specs(cfg)
+
+
+@pytest.mark.parametrize("stand_in, structure, dials_sg, message", [
+    ({"residues": 100}, "thermolysin", "P6122", r"matched\.structure.*'thermolysin' and matched\.stand_in are both set"),
+    ({"residues": 100}, None, None, r"matched\.stand_in\.space_group.*null and no dials\.space_group"),
+    ({"residues": 100, "space_group": "P 99"}, None, None, r"matched\.stand_in\.space_group.*unknown space group 'P 99'"),
+    ({"residues": 0}, None, "P6122", r"residues"),
+])
+def test_a_bad_stand_in_names_the_key(stand_in, structure, dials_sg, message):
+    cfg = copy.deepcopy(base_config())
+    x = cfg["experiments"]["thermolysin_lcls_cspad"]
+    x["matched"].update(stand_in=stand_in, structure=structure)
+    x["dials"]["space_group"] = dials_sg
+    with pytest.raises(Exception, match=message):
+        specs(cfg)
+        from snakemake.utils import validate
+        validate(cfg, str(ROOT / "config/config.schema.yaml"))
+
+
+def test_a_stand_in_is_the_matched_structure_with_its_defaults():
+    cfg = copy.deepcopy(base_config())
+    cfg["experiments"]["thermolysin_lcls_cspad"]["matched"].update(stand_in={"residues": 316, "ions": {"ZN": 1}},
+                                                                   structure=None)
+    e = specs(cfg)["thermolysin_lcls_cspad"]
+    assert e.matched["structure"] == "stand_in"
+    assert e.matched["stand_in"] == {"residues": 316, "ions": {"ZN": 1}, "space_group": None, "unit_cell": None,
+                                     "b_iso_angstrom2": 20.0, "seed": 20261121, "d_min_angstrom": None}

@@ -100,10 +100,12 @@ def test_one_model_or_one_input_reruns_alone(tiny_run):
     assert res.returncode == 0, out[-3000:]
     counts = job_counts(out)
     # Both inputs' frames again (shifted set and CSPAD shots): their DIALS runs, all 5 + 3 predictions, the 2 + 2
-    # evaluations, the plots and the summary; the CSPAD's matched model again (simulated in the frames' geometry);
+    # evaluations, the plots and the summary; the CSPAD's matched model again (calibrated from the frames and
+    # simulated in their geometry);
     # no matrix training and no shifted simulation.
     assert counts["import_frames_dxtbx"] == 2 and counts["predict"] == 8 and counts["evaluate_predictions"] == 4
     assert counts["matched_frames"] == 1 and counts["train_matched_peak_finder"] == 1
+    assert counts["calibrate_matched"] == 1 and counts["matched_outlier_pixels"] == 1
     assert counts["dials_experiment"] == 2 and "train_peak_finder" not in counts and "simulate_shifted" not in counts
 
 
@@ -134,11 +136,36 @@ def test_the_matched_model_is_trained_in_the_cspad_geometry_and_scored_beside_th
     with h5py.File(shard) as f:
         np.testing.assert_allclose(f["braggflow/panels/origin_mm"][()],
                                    read_frames_info(tiny_run / "results/experiments/cspad/frames.h5").panels.origin_mm)
-    # Its lone bright pixels are drawn at the rate and with the amplitudes measured in the two CSPAD shots.
+    # The crystal simulated is the workflow's stand-in: thermolysin's composition in the cell DIALS found on the
+    # two shots and the space group it indexed in.
+    from braggflow.stand_in import dials_mean_cell
+    from braggflow.structures import read_structure
+
+    stand_in = read_structure(tiny_run / "results/matched/cspad/stand_in.pdb")
+    assert stand_in.spacegroup_hm == "P 61 2 2" and {"Zn", "Ca"} <= set(stand_in.elements)
+    assert stand_in.cell == pytest.approx(dials_mean_cell(tiny_run / "results/experiments/cspad/dials/export.npz"),
+                                          abs=1e-3)
+    with h5py.File(shard) as f:
+        assert f["braggflow"].attrs["structure"] == "stand_in"
+    # Its beam, jet, PSF, noise, lone pixels and photon cut are calibrated from the two shots (the crystal size is
+    # set by hand and kept): the integrating CSPAD holds lone pixels well beyond what noise makes, so they are
+    # drawn at that excess with the amplitudes measured in the shots.
     measured = json.loads((tiny_run / "results/matched/cspad/outlier_pixels.json").read_text())
     assert measured["frames"] == 2 and measured["per_mpx"] > 10 and min(measured["photons"]) >= 5.0
+    cal = json.loads((tiny_run / "results/matched/cspad/calibration.json").read_text())
+    fitted = cal["settings"]
+    assert cal["hand_set"] == ["simulation.ncells"] and cal["detector_kind"] == "integrating"
+    assert cal["indexed_frames"] == 2 and (tiny_run / "results/matched/cspad/calibration.png").stat().st_size > 0
+    assert fitted["simulation"]["ncells"] == {"dist": "fixed", "value": 30}
+    assert 0 < fitted["overlay"]["outlier_pixels_per_mpx"] < measured["per_mpx"]
+    assert fitted["outliers_from_frames"] is True and 20 < fitted["peak_finder"]["score_min_photons"] < 80
     with h5py.File(shard) as f:
-        assert json.loads(f["braggflow"].attrs["overlay"])["outlier_pixels_per_mpx"] == measured["per_mpx"]
+        sim = json.loads(f["braggflow"].attrs["simulation"])
+        overlay = json.loads(f["braggflow"].attrs["overlay"])
+        assert sim["beam"]["photons_per_pulse"] == fitted["beam"]["photons_per_pulse"]
+        assert sim["jet_thickness_m"] == pytest.approx(fitted["jet_thickness_um"] * 1e-6)
+        assert sim["psf_fwhm_um"] == fitted["simulation"]["psf_fwhm_um"]
+        assert {k: overlay[k] for k in fitted["overlay"]} == fitted["overlay"]
         assert f["braggflow"].attrs["outlier_source"] == (f"{len(measured['photons'])} lone-pixel amplitudes "
                                                           "measured in frames.h5")
         assert f["braggflow/frames/outlier_pixels"][()].sum() > 0

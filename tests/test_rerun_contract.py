@@ -155,8 +155,14 @@ def test_a_training_setting_reruns_its_model_and_what_reads_it(tiny_run, base):
                     "benchmark_summary": [""]}
 
 
-def test_an_evaluation_setting_reruns_the_evaluation_only(tiny_run, base):
+def test_an_evaluation_setting_reruns_the_evaluation_and_the_calibration_it_sets(tiny_run, base):
     jobs = planned(tiny_run, edited(base, "evaluation.min_i_over_sigma", 4.0))
+    # The CSPAD's matched simulation is calibrated to this I/sigma cut (its photon cut): that model again.
+    assert {r: jobs.pop(r) for r in ("calibrate_matched", "matched_frames", "train_matched_peak_finder",
+                                     "matched_baseline_peak_finder", "predict", "benchmark_summary")} == {
+        "calibrate_matched": ["cspad"], "matched_frames": ["cspad/0000"], "train_matched_peak_finder": ["cspad"],
+        "matched_baseline_peak_finder": ["cspad"], "predict": ["cspad/peak_finder-matched"],
+        "benchmark_summary": [""]}
     assert jobs == {"evaluate_predictions": sorted(EVALUATIONS), "evaluation_offsets_plot": ["cspad", "shifted"],
                     "evaluation_summary": [""]}
 
@@ -165,8 +171,13 @@ def test_a_dials_setting_reruns_dials_and_its_readers(tiny_run, base):
     jobs = planned(tiny_run, edited(base, "dials.min_spot_size", 3))
     assert jobs.pop("dials_stills_process") == sorted(f"1ic6/{d}/{s}" for d in D for s in ("0000", "0001"))
     assert jobs.pop("dials_experiment") == ["cspad", "shifted"]
+    # the CSPAD's stand-in (its cell) and calibration read its DIALS result: the matched model again (its
+    # prediction, no other)
+    assert jobs.pop("predict") == ["cspad/peak_finder-matched"]
     assert counts(jobs) == {"dials_tables": 4, "dials_scores": 1, "evaluate_predictions": 4,
-                            "evaluation_offsets_plot": 2, "evaluation_summary": 1, "benchmark_summary": 1}
+                            "evaluation_offsets_plot": 2, "evaluation_summary": 1, "benchmark_summary": 1,
+                            "matched_stand_in": 1, "matched_structure_factors": 1, "calibrate_matched": 1,
+                            "matched_frames": 1, "train_matched_peak_finder": 1, "matched_baseline_peak_finder": 1}
 
 
 def test_an_experiment_setting_reruns_that_experiment_only(tiny_run, base):
@@ -179,7 +190,7 @@ def test_an_experiment_setting_reruns_that_experiment_only(tiny_run, base):
 
 def test_a_physics_setting_reruns_everything_it_reaches(tiny_run, base):
     # The water jet of the matrix: every matrix background, shard and what follows; not the shifted set (its own
-    # jet), not the matched frames (their own jet), not the structure factors.
+    # jet), not the matched frames (their jet is fitted to the CSPAD stills), not the structure factors.
     jobs = planned(tiny_run, edited(base, "water.jet_thickness_um", 6.0))
     assert jobs.pop("water_background") == list(D)
     assert jobs.pop("overlay") == sorted(f"1ic6/{d}/{s}" for d in D for s in ("0000", "0001"))

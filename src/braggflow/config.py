@@ -77,6 +77,9 @@ def check_config(config: dict[str, Any], schema: dict[str, Any] | str | Path) ->
 def _fill_defaults(config: Any, schema: dict[str, Any]) -> None:
     if not isinstance(config, dict):
         return
+    for branch in schema.get("anyOf", ()):  # "null or a mapping": the mapping's defaults where one is given
+        if branch.get("type") == "object":
+            _fill_defaults(config, branch)
     for key, sub in schema.get("properties", {}).items():
         if key not in config and "default" in sub:
             config[key] = copy.deepcopy(sub["default"])

@@ -97,7 +97,7 @@ def experiment_specs(config: dict[str, Any], datasets: dict[str, Dataset], schem
                                shift=e["shift"], files=tuple(e["files"]), reader=e["reader"],
                                dataset_path=e["dataset_path"], geometry=e["geometry"],
                                adu_per_photon=e["adu_per_photon"], dials=e["dials"],
-                               matched=e["matched"] if e["matched"]["structure"] is not None else None,
+                               matched=_matched_of(e),
                                predict_with=e["predict_with"], untrusted_border_px=int(e["untrusted_border_px"]),
                                hit_frames=tuple(e["hit_frames"]) if isinstance(e["hit_frames"], list)
                                else e["hit_frames"])
@@ -121,13 +121,43 @@ def _check_section(name: str, section: str, config: dict[str, Any], overrides: d
             for err in errors]
 
 
+STAND_IN = "stand_in"  # the structure name of a matched stand-in the workflow builds (matched.stand_in)
+
+
+def _matched_of(e: dict[str, Any]) -> dict[str, Any] | None:
+    """The matched section where one is trained; a stand-in's structure name is STAND_IN."""
+    m = e["matched"]
+    if m["stand_in"] is not None:
+        return {**m, "structure": STAND_IN}
+    return m if m["structure"] is not None else None
+
+
+def stand_in_space_group(e_dials: dict[str, Any], stand_in: dict[str, Any]) -> str | None:
+    return stand_in["space_group"] or e_dials.get("space_group")
+
+
 def _check_matched(name: str, e: dict[str, Any], config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     m = e["matched"]
-    if m["structure"] is None:
+    problems = []
+    if m["stand_in"] is not None:
+        if m["structure"] is not None:
+            problems.append(f"{_key(name, 'matched.structure')}: {m['structure']!r} and matched.stand_in are both "
+                            "set; give one (structure null with a stand-in)")
+        elif not stand_in_space_group(e["dials"], m["stand_in"]):
+            problems.append(f"{_key(name, 'matched.stand_in.space_group')}: null and no dials.space_group to "
+                            "take: name the stand-in's space group")
+        else:
+            import gemmi
+
+            try:
+                gemmi.SpaceGroup(stand_in_space_group(e["dials"], m["stand_in"]))
+            except ValueError:
+                problems.append(f"{_key(name, 'matched.stand_in.space_group')}: unknown space group "
+                                f"{stand_in_space_group(e['dials'], m['stand_in'])!r}")
+    elif m["structure"] is None:
         return ([f"{_key(name, 'predict_with')}: {e['predict_with']!r} needs a matched section"]
                 if e["predict_with"] != "matrix" else [])
-    problems = []
-    if m["structure"] not in config["structures"]:
+    elif m["structure"] not in config["structures"]:
         problems.append(f"{_key(name, 'matched.structure')}: {m['structure']!r} is not among structures "
                         f"{sorted(config['structures'])}")
     for section in ("beam", "simulation", "overlay"):

@@ -85,6 +85,7 @@ def measure_outlier_pixels(frames_path: str | Path, min_photons: float) -> dict[
         warning = (f"{Path(frames_path).name}: the frames' background is {level:.2f} photons per pixel; at that level "
                    f"Poisson noise alone makes pixels {min_photons:g} photons above their neighbourhood, so the "
                    "lone pixels counted here are mostly noise, not hot pixels (a photon-counting detector?): "
+                   "the calibration (matched.calibrate) draws only their excess over simulated noise; without it, "
                    "set experiments.<name>.matched.outliers_from_frames: false")
     return {"frames_file": Path(frames_path).name, "frames": info.n_frames, "min_photons": float(min_photons),
             "neighbour_fraction": NEIGHBOUR_FRACTION, "median_box_px": MEDIAN_BOX_PX,

@@ -107,7 +107,8 @@ def frame_indices(shard: int, frames_per_shard: int, frames_per_dataset: int) ->
 
 
 def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, detector: Panel,
-                   settings: SimulationSettings, beam: Beam, xp) -> tuple[np.ndarray, Any]:
+                   settings: SimulationSettings, beam: Beam, xp, min_truth_photons: float = 1.0
+                   ) -> tuple[np.ndarray, Any]:
     still = Still(
         Crystal(A_matrix=draws.orientation @ b, ncells=draws.ncells, shape=settings.crystal_shape,
                 mosaic_umats=draws.mosaic_umats),
@@ -116,7 +117,8 @@ def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, d
               polarization_axis=beam.polarization_axis),
         Numerics(oversample=settings.oversample))
     image = simulate_still(still, detector, sf, rel_tol=settings.rel_tol, xp=xp)
-    truth = truth_reflections(still, detector, sf, image=image, xp=xp)  # spot photons before the detector spreads them
+    # spot photons before the detector spreads them
+    truth = truth_reflections(still, detector, sf, image=image, xp=xp, min_photons=min_truth_photons)
     if settings.psf_fwhm_um > 0:
         image = apply_psf(image, settings.psf_fwhm_um / (detector.pixel_size_mm * 1e3), xp)
     return to_numpy(image).astype(np.float32), truth

@@ -1,6 +1,6 @@
 """Every figure braggflow draws, one module per stage (``structure_factors``, ``water``, ``overlays``, ``dials``,
-``training``, ``evaluation``, ``benchmarks``): they read what the stage computed and draw it; none computes a
-result of its own. Figures are PNG, written atomically; matplotlib runs headless (Agg).
+``training``, ``evaluation``, ``calibration``, ``benchmarks``): they read what the stage computed and draw it;
+none computes a result of its own. Figures are PNG, written atomically; matplotlib runs headless (Agg).
 """
 
 from __future__ import annotations
