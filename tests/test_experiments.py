@@ -307,3 +307,23 @@ def test_file_inputs_carry_hit_labels_and_the_classifier_table_scores_them(confi
     assert np.isnan(none.accuracy[0]) and none.reference[0] == "none"
     with pytest.raises(ConfigError, match=r"experiments.x.hit_frames': frame 4 is beyond the 4 frames"):
         classifier_table("x", {"m": str(pred)}, None, None, str(frames), (1, 4))
+
+
+def test_an_experiment_dials_could_not_index_gives_an_empty_table_the_summary_reads(tmp_path):
+    """No reference to score against (DIALS indexed no frame): the evaluation table has its header and no row,
+    and the summary still reads it beside the others."""
+    import pandas as pd
+
+    from braggflow.evaluate import read_tables, summarize
+    from braggflow.evaluate.run import FRAME_COLUMNS
+
+    pd.DataFrame([], columns=list(FRAME_COLUMNS)).to_csv(tmp_path / "empty.tsv", sep="\t", index=False)
+    row = {c: 0 for c in FRAME_COLUMNS} | {"experiment": "x", "model": "m", "finder": "cnn", "reference": "dials",
+                                          "geometry_source": "DIALS geometry", "out_of_distribution": False,
+                                          "n_found": 3, "n_reference": 2, "tp": 2}
+    pd.DataFrame([row]).to_csv(tmp_path / "one.tsv", sep="\t", index=False)
+    frames = read_tables([tmp_path / "empty.tsv", tmp_path / "one.tsv"])
+    offsets = pd.DataFrame(columns=["experiment", "model", "finder", "reference", "frame", "d_angstrom",
+                                    "offset_px", "radial_px", "transverse_px"])
+    s = summarize(frames, offsets)
+    assert len(s) == 1 and s.recall.iloc[0] == 1.0

@@ -87,3 +87,38 @@ def test_the_own_experiment_walkthrough_config_is_valid_and_plans_its_jobs(tmp_p
     for planned in (f"results/experiments/{name}/frames.h5", f"results/experiments/{name}/dials/export.npz",
                     f"results/evaluation/{name}/peak_finder-8keV_150mm/frames.tsv"):
         assert planned in res.stdout, planned
+
+
+def test_the_own_experiment_walkthrough_runs_at_tiny_sizes(tiny_run, tmp_path):
+    """The walk-through on the tiny workflow's results (its matrix models in place of the default's): the README's
+    config block with the tiny matrix's model and its snakemake command run, and the evaluation table gets the
+    experiment's rows, scored against DIALS."""
+    import os
+    import shutil
+
+    import pandas as pd
+
+    from conftest import run_snakemake
+
+    work = tmp_path / "work"
+    # hard links for the (never rewritten in place) results; copies for what Snakemake rewrites
+    shutil.copytree(tiny_run / "results", work / "results", copy_function=os.link)
+    for d in (".snakemake", "logs"):
+        if (tiny_run / d).exists():
+            shutil.copytree(tiny_run / d, work / d, symlinks=True)
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Your own experiment", 1)[1].split("\n## ", 1)[0]
+    mine = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    name = next(iter(mine["experiments"]))
+    mine["experiments"][name]["models"] = ["8keV_100mm"]  # the tiny matrix's model of the nearest energy
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(mine))
+    command = next(line for _, line in documented_commands() if "results/evaluation/summary.tsv --configfile my.yaml"
+                   in line and line in section)
+    target = shlex.split(command)[shlex.split(command).index("--cores") + 2]
+    res = run_snakemake(work, target, "--configfile", str(TINY), str(tmp_path / "my.yaml"), timeout=1200)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    s = pd.read_csv(work / "results/evaluation/summary.tsv", sep="\t")
+    rows = s[s.experiment == name]
+    assert set(rows.reference) == {"dials"} and set(rows.finder) == {"cnn", "dispersion", "dials"}
+    assert set(rows.model) == {"peak_finder-8keV_100mm"} and (rows.frames == 2).all()
+    assert rows[rows.finder == "dials"].recall.iloc[0] > 0.9

@@ -16,6 +16,11 @@ from .references import (cnn_found, dials_frames, dials_reference, dispersion_fo
                          truth_reference)
 
 
+FRAME_COLUMNS = ("experiment", "model", "finder", "reference", "frame", "wavelength_angstrom_used",
+                 "camera_length_m_used", "geometry_source", "out_of_distribution", "n_found", "n_reference", "tp",
+                 "fn", "spurious")
+
+
 def evaluate_predictions(*, experiment: str, model: str, frames_path: str, peak_pred: str, baseline_json: str,
                          dials_export: str | None, energy_distance_pred: str | None, truth_source: str | None,
                          cfg: dict[str, Any], log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -71,7 +76,11 @@ def evaluate_predictions(*, experiment: str, model: str, frames_path: str, peak_
     cols = ["experiment", "model", "finder", "reference", "frame", "d_angstrom", "offset_px", "radial_px",
             "transverse_px"]
     off = pd.concat(offsets, ignore_index=True)[cols] if offsets else pd.DataFrame(columns=cols)
-    return pd.DataFrame(rows), off
+    if not rows and log:
+        log.warning("%s: no frame has a reference to score against (DIALS indexed none of them%s): the table is "
+                    "empty; check the experiment's dials settings (spot finding, cell, indexing method)", experiment,
+                    ", and there is no truth" if not truth_source else "")
+    return pd.DataFrame(rows, columns=list(FRAME_COLUMNS)), off
 
 
 def _unlike(pred: dict) -> float:
