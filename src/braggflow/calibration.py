@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,14 +214,14 @@ def measure_experiment(info: FramesInfo, export_npz: str | Path, q: np.ndarray, 
     counting = integer_valued(frames)
     readout = 0.0 if counting else readout_noise(frames)
     per_frame = [clipped_moments(f[f >= 0])[0] for f in frames]
-    del frames
     ios, net, share, frame_of = [], [], [], []
     for i, fr in enumerate(dials_frames(export_npz, info.n_frames)):
         if not fr.indexed or not len(fr.hkl):
             continue
         xy = predicted_positions(fr.a_matrix, fr.hkl, fr.panel, fr.panels, fr.beam_direction,
                                  fr.wavelength_angstrom, 0.0, fr.parallax)
-        n, s = spot_boxes(read_frame_photons(info.path, i), fr.panel, xy)
+        photons = frames[i] if i < len(frames) else read_frame_photons(info.path, i)
+        n, s = spot_boxes(photons, fr.panel, xy)
         ok = np.isfinite(n) & np.isfinite(fr.i_over_sigma)
         ios.append(fr.i_over_sigma[ok])
         net.append(n[ok])
@@ -247,6 +247,13 @@ class Trial:
     images: list[np.ndarray]  # (panels, slow, fast) per frame
     panel: list[np.ndarray]
     xy: list[np.ndarray]
+    _last_blur: tuple[float, list[np.ndarray]] | None = field(default=None, repr=False)
+
+    def blurred_images(self, psf_px: float) -> list[np.ndarray]:
+        """The images through a PSF of ``psf_px``; the last one kept, as the scale's rounds reuse it."""
+        if self._last_blur is None or self._last_blur[0] != psf_px:
+            self._last_blur = (psf_px, [blurred(image, psf_px) for image in self.images])
+        return self._last_blur[1]
 
 
 def scaled_ncells(spec: dict[str, Any], factor: float) -> dict[str, Any]:
@@ -300,8 +307,7 @@ def trial_spots(trial: Trial, psf_px: float, scale: float = 1.0, water: np.ndarr
     with that background, Poisson and readout noise (noise lifts reflections below a cut above it more often than
     it drops the fewer above below it), for the reflections with at least ``min_net`` noise-free photons."""
     nets, shares = [], []
-    for k, (image, panel, xy) in enumerate(zip(trial.images, trial.panel, trial.xy)):
-        b = blurred(image, psf_px)
+    for k, (b, panel, xy) in enumerate(zip(trial.blurred_images(psf_px), trial.panel, trial.xy)):
         n, sh = spot_boxes(b, panel, xy, noise_free=True)
         n = n * scale
         if water is not None:
@@ -515,8 +521,8 @@ def calibrate(*, frames_path: str | Path, export_npz: str | Path, mtz_path: str 
     lone, eligible = 0, 0
     t_near = trials[int(np.argmin([abs(math.log(t.ncells_factor / factor)) for t in trials]))]
     s_near = photons / p0
-    for k, image in enumerate(t_near.images):
-        bragg = np.where(image < 0, 0.0, blurred(image, psf_px)) * s_near
+    for k, image in enumerate(t_near.blurred_images(psf_px)):
+        bragg = np.where(image < 0, 0.0, image) * s_near
         fr = overlay_frame(bragg, water.astype(np.float32), untrusted, True, 1.0, 1.0, o,
                            frame_rng(seed, dataset_index * 1000 + TRIAL_STREAM, k))
         counts = fr.counts.astype(np.float32)

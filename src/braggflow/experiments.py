@@ -140,20 +140,21 @@ def _check_matched(name: str, e: dict[str, Any], config: dict[str, Any], schema:
     m = e["matched"]
     problems = []
     if m["stand_in"] is not None:
+        space_group = stand_in_space_group(e["dials"], m["stand_in"])
         if m["structure"] is not None:
             problems.append(f"{_key(name, 'matched.structure')}: {m['structure']!r} and matched.stand_in are both "
                             "set; give one (structure null with a stand-in)")
-        elif not stand_in_space_group(e["dials"], m["stand_in"]):
+        elif not space_group:
             problems.append(f"{_key(name, 'matched.stand_in.space_group')}: null and no dials.space_group to "
                             "take: name the stand-in's space group")
         else:
             import gemmi
 
             try:
-                gemmi.SpaceGroup(stand_in_space_group(e["dials"], m["stand_in"]))
+                gemmi.SpaceGroup(space_group)
             except ValueError:
                 problems.append(f"{_key(name, 'matched.stand_in.space_group')}: unknown space group "
-                                f"{stand_in_space_group(e['dials'], m['stand_in'])!r}")
+                                f"{space_group!r}")
     elif m["structure"] is None:
         return ([f"{_key(name, 'predict_with')}: {e['predict_with']!r} needs a matched section"]
                 if e["predict_with"] != "matrix" else [])
