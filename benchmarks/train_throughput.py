@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from braggflow.ml import data as D
-from braggflow.ml.models import PeakUNet
+from braggflow.ml.models import peak_finder, peak_finder_arguments
 from braggflow.config import section_defaults
 from braggflow.settings import TrainingSettings
 
@@ -60,7 +60,7 @@ def main() -> None:
     p = default_training().peak_finder
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = PeakUNet(p.base_channels).to(device)
+    model = peak_finder(**peak_finder_arguments(p.architecture, p.base_channels, p.cell_px)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     rng = np.random.default_rng(0)

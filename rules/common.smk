@@ -349,7 +349,8 @@ def experiment_models(experiment, kinds=("peak_finder", "hit_classifier")):
 
 
 def model_paths(experiment, model):
-    """(weights, card) of a model name of an experiment's structure."""
+    """(weights, card, and the ONNX file where ONNX Runtime runs it) of a model name of an experiment's
+    structure."""
     structure = EXPERIMENTS[experiment].structure
     if model == "peak_finder-matched":
         stem = matched_file(experiment, "peak_finder")
@@ -358,7 +359,25 @@ def model_paths(experiment, model):
     else:
         kind, dataset = model.split("-", 1)
         stem = model_file(structure, dataset, kind)
-    return {"weights": f"{stem}.pt", "card": f"{stem}.json"}
+    paths = {"weights": f"{stem}.pt", "card": f"{stem}.json"}
+    if config["training"]["inference_engine"] == "onnxruntime":
+        paths["onnx"] = f"{stem}.onnx"
+    return paths
+
+
+def hit_gate_of(experiment, model):
+    """The hit probability below which a matrix peak finder skips a frame of this experiment, or None."""
+    kind, _, dataset = model.partition("-")
+    if kind != "peak_finder" or dataset == "matched":
+        return None
+    return EXPERIMENTS[experiment].hit_gate
+
+
+def hit_gate_input(experiment, model):
+    """The same dataset's hit-classifier prediction, where it gates this peak finder (experiments.<name>.hit_gate)."""
+    if hit_gate_of(experiment, model) is None:
+        return {}
+    return {"hits": prediction_file(experiment, f"hit_classifier-{model.partition('-')[2]}")}
 
 
 def prediction_file(experiment, model):

@@ -139,11 +139,13 @@ rule dials_experiment:
 rule predict:
     input:
         unpack(lambda wc: model_paths(wc.experiment, wc.model)),
+        unpack(lambda wc: hit_gate_input(wc.experiment, wc.model)),
         frames="results/experiments/{experiment}/frames.h5",
     output:
         "results/predictions/{experiment}/{model}/{experiment}_probability_pred.h5",
     params:
         training=TRAINING.params(*TrainingSettings.PREDICT),
+        hit_gate=lambda wc: hit_gate_of(wc.experiment, wc.model),
     threads: config["training"]["threads"]
     resources:
         gpu=training_gpus(),

@@ -142,6 +142,7 @@ rule train_matched_peak_finder:
         calibration=lambda wc: matched_calibration_input(wc.experiment),
     output:
         weights="results/matched/{experiment}/peak_finder.pt",
+        onnx="results/matched/{experiment}/peak_finder.onnx",
         card="results/matched/{experiment}/peak_finder.json",
         history="results/matched/{experiment}/peak_finder_history.tsv",
         spots="results/matched/{experiment}/peak_finder_test_spots.json",

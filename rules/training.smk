@@ -8,6 +8,7 @@ rule train_peak_finder:
         shards=lambda wc: overlay_shards(wc.structure, wc.dataset),
     output:
         weights="results/models/{structure}/{dataset}/peak_finder.pt",
+        onnx="results/models/{structure}/{dataset}/peak_finder.onnx",
         card="results/models/{structure}/{dataset}/peak_finder.json",
         history="results/models/{structure}/{dataset}/peak_finder_history.tsv",
         spots="results/models/{structure}/{dataset}/peak_finder_test_spots.json",
@@ -32,6 +33,7 @@ rule train_hit_classifier:
         lambda wc: overlay_shards(wc.structure, wc.dataset),
     output:
         weights="results/models/{structure}/{dataset}/hit_classifier.pt",
+        onnx="results/models/{structure}/{dataset}/hit_classifier.onnx",
         card="results/models/{structure}/{dataset}/hit_classifier.json",
         history="results/models/{structure}/{dataset}/hit_classifier_history.tsv",
     params:
@@ -91,6 +93,7 @@ rule train_energy_distance:
         "results/features/{structure}/energy_distance_profiles.h5",
     output:
         weights="results/models/{structure}/energy_distance.pt",
+        onnx="results/models/{structure}/energy_distance.onnx",
         card="results/models/{structure}/energy_distance.json",
         history="results/models/{structure}/energy_distance_history.tsv",
     params:

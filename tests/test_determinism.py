@@ -18,7 +18,7 @@ from conftest import ROOT
 # A tiny U-Net (4 base channels) trained through train.fit on 16 tiles of 24 px per batch (batch >= 16: the
 # convolutions run in oneDNN, whose backward pass of the 1x1 head depends on the thread count), then a whole-frame
 # prediction (batch 1: the head runs in oneDNN or PyTorch's GEMM path depending on the thread count); and the
-# energy / camera-length net, which has dropout.
+# energy / camera-length net, which has dropout; the cell U-Net (pixel unshuffle, 4 px cells) likewise.
 TRAIN = r"""
 import hashlib, json, os, sys
 import braggflow.ml.pipeline  # pins the CPU kernels before torch is imported
@@ -54,6 +54,11 @@ with T.seeded(0):
     fit = T.fit(unet, batches, [(x[32:], y[32:])], loss_fn, epochs=2, learning_rate=3e-3, patience=5,
                 device=torch.device("cpu"))
 prob = predict_probability(unet, counts, torch.device("cpu"), block_px=32, margin_px=16)
+with T.seeded(0):
+    cell = models.PeakCellUNet(4, 4)
+    T.fit(cell, batches, [(x[32:], y[32:])], loss_fn, epochs=2, learning_rate=3e-3, patience=5,
+          device=torch.device("cpu"))
+cell_prob = predict_probability(cell, counts, torch.device("cpu"), block_px=32)
 prof = torch.from_numpy(rng.normal(0, 1, (16, 4, 32)).astype(np.float32))
 cls = torch.from_numpy(rng.integers(0, 2, 16))
 with T.seeded(1):
@@ -67,6 +72,7 @@ with T.seeded(1):
         loss.backward()
         opt.step()
 print(json.dumps({"unet": digest(unet.state_dict().values()), "prob": digest([torch.from_numpy(prob)]),
+                  "cell_unet": digest(cell.state_dict().values()), "cell_prob": digest([torch.from_numpy(cell_prob)]),
                   "validation_loss": [h["validation_loss"] for h in fit.history],
                   "energy_distance": digest(ed.state_dict().values()), "kernels": kernel_settings(),
                   "env": {k: os.environ.get(k) for k in %r}}))
@@ -90,7 +96,7 @@ def test_training_and_prediction_are_bit_identical_with_1_2_and_4_threads():
     runs = {t: _train(t)[0] for t in (1, 2, 4)}
     for t, r in runs.items():
         assert r["kernels"]["torch_threads"] == t
-        for key in ("unet", "prob", "validation_loss", "energy_distance"):
+        for key in ("unet", "prob", "cell_unet", "cell_prob", "validation_loss", "energy_distance"):
             assert r[key] == runs[1][key], (t, key)
 
 

@@ -367,16 +367,19 @@ def test_weights_round_trip_with_weights_only(shards, tmp_path):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
-def test_full_frame_inference_matches_tiles(shards):
-    from braggflow.ml.models import PeakUNet
+@pytest.mark.parametrize("arguments", [{"base_channels": 4}, {"architecture": "cell_unet", "base_channels": 4},
+                                       {"architecture": "cell_unet", "base_channels": 4, "cell_px": 2}])
+def test_full_frame_inference_matches_tiles(shards, arguments):
+    from braggflow.ml.models import peak_finder
     from braggflow.ml.peak_finder import predict_probability
 
     torch.manual_seed(0)
-    model = PeakUNet(4).eval()
+    model = peak_finder(**arguments).eval()
     counts = D.read_counts_only(D.index_shards(shards["7keV_100mm"])[1])
-    whole = predict_probability(model, counts, torch.device("cpu"), block_px=96, margin_px=32)
-    blocks = predict_probability(model, counts, torch.device("cpu"), block_px=32, margin_px=32)
-    assert whole.shape == counts.shape and np.allclose(whole, blocks, atol=1e-5)
+    m = model.multiple_px
+    whole = predict_probability(model, counts, torch.device("cpu"), block_px=m * -(-(max(counts.shape) + 1) // m))
+    blocks = predict_probability(model, counts, torch.device("cpu"), block_px=32)
+    assert whole.shape == counts.shape and np.allclose(whole, blocks, atol=1e-5, rtol=0)
 
 
 def test_hit_classifier_learns_a_separable_toy_case(shards):
@@ -397,7 +400,8 @@ def test_energy_distance_model_and_baseline_on_toy_profiles(shards, tmp_path):
     paths = [p for v in shards.values() for p in v]
     cfg = tiny_cfg()
     write_profiles(tmp_path / "p.h5", paths, energies_kev=[7.0, 8.0], distances_m=[0.1, 0.2], cfg=cfg, seed=5)
-    m = run_energy_distance(tmp_path / "p.h5", weights=tmp_path / "ed.pt", card=tmp_path / "ed.json",
+    m = run_energy_distance(tmp_path / "p.h5", weights=tmp_path / "ed.pt", onnx=tmp_path / "ed.onnx",
+                            card=tmp_path / "ed.json",
                             history=tmp_path / "ed.tsv", cfg=cfg, run=RUN, seed=5)
     assert m["distance_accuracy"] == 1.0 and m["energy_accuracy"] == 1.0 and m["n_test_frames"] == 8
     b = run_baseline_energy_distance(tmp_path / "p.h5", out=tmp_path / "b.json", seed=5)
@@ -411,14 +415,16 @@ def test_model_card_fields(shards, tmp_path):
 
     cfg = tiny_cfg()
     paths = shards["8keV_200mm"]
-    run_hit_classifier(paths, weights=tmp_path / "h.pt", card=tmp_path / "h.json", history=tmp_path / "h.tsv",
-                       cfg=cfg, run=RUN, seed=6)
+    run_hit_classifier(paths, weights=tmp_path / "h.pt", onnx=tmp_path / "h.onnx", card=tmp_path / "h.json",
+                       history=tmp_path / "h.tsv", cfg=cfg, run=RUN, seed=6)
     card = json.loads((tmp_path / "h.json").read_text())
     assert set(CARD_FIELDS) <= set(card)
     assert uuid.UUID(card["model_id"]).version == 4
     assert card["datasets"] == ["8keV_200mm"] and card["config_hash"] == config_hash(cfg, 6)
     assert card["input_data"] == {p.as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
     assert card["weights"]["sha256"] == hashlib.sha256((tmp_path / "h.pt").read_bytes()).hexdigest()
+    assert card["onnx"]["sha256"] == hashlib.sha256((tmp_path / "h.onnx").read_bytes()).hexdigest()
+    assert card["onnx"]["path"] == "h.onnx" and card["onnx"]["opset"] >= 18
     assert card["training"]["seconds"] > 0 and card["hardware"]["device"] == "cpu"
     assert "hit_accuracy" in card["metrics"]["test"]
     assert sum(len(v) for v in card["split"].values()) == 12
@@ -492,3 +498,56 @@ def test_the_energy_distance_card_keeps_its_envelope_and_a_prediction_flags_fram
     assert (scores[:5] <= envelope.threshold).all() and (scores[5:] > envelope.threshold).all()
     text = describe(envelope, scores, "energy_distance")
     assert text.startswith("energy_distance: 3 of 8 frames are unlike the training frames") and "extrapolations" in text
+
+
+def test_spot_centroids_are_those_of_scipys_dilation_labels_and_sums_to_the_bit():
+    """spots_from_mask sums over the mask's pixels only; the same bits as ndimage's dilation and sum_labels over
+    the whole frame (the slower way it was written first)."""
+    from scipy import ndimage
+
+    from braggflow.ml.baselines import spots_from_mask
+
+    def reference(mask, weights, min_spot_px, merge_px):
+        grown = ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=merge_px) if merge_px else mask
+        labels, n = ndimage.label(grown, structure=np.ones((3, 3), bool))
+        labels = np.where(mask, labels, 0)
+        idx = np.arange(1, n + 1)
+        w = np.where(mask, np.maximum(weights, 0).astype(np.float64) + 1e-6, 0.0)
+        yy, xx = np.indices(mask.shape)
+        total = ndimage.sum_labels(w, labels, idx)
+        keep = ndimage.sum_labels(mask, labels, idx) >= min_spot_px
+        return np.stack([(ndimage.sum_labels(w * xx, labels, idx) / total + 0.5)[keep],
+                         (ndimage.sum_labels(w * yy, labels, idx) / total + 0.5)[keep]], axis=1)
+
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        shape = tuple(rng.integers(5, 200, 2))
+        mask = rng.random(shape) < rng.uniform(0.001, 0.3)
+        weights = rng.poisson(3, shape).astype(np.float32) - rng.integers(0, 2, shape)
+        for merge_px in (0, 1, 2):
+            for min_px in (1, 3):
+                got = spots_from_mask(mask, weights, min_px, merge_px)
+                want = reference(mask, weights, min_px, merge_px)
+                assert got.shape == want.shape and np.array_equal(got, want)
+    assert spots_from_mask(np.zeros((4, 4), bool), np.ones((4, 4))).shape == (0, 2)
+
+
+def test_network_input_is_the_documented_formula_to_the_bit_whatever_mask_came_before():
+    from scipy import ndimage
+
+    def formula(counts):
+        trusted = counts >= 0
+        c = np.where(trusted, counts, 0).astype(np.float32)
+        t = trusted.astype(np.float32)
+        b = ndimage.uniform_filter(c, 9, mode="constant") / np.maximum(ndimage.uniform_filter(t, 9, mode="constant"),
+                                                                        1e-3)
+        return np.stack([np.log1p(c), np.clip((c - b) / np.sqrt(b + 1.0), -5.0, 50.0) * (0.2 * t), t])
+
+    rng = np.random.default_rng(5)
+    frames = []
+    for k in range(4):
+        counts = (rng.poisson(1.5, (120, 97)) / (1.0 if k % 2 else 2.7)).astype(np.float32)
+        counts[rng.random(counts.shape) < 0.02 * (k < 3)] = -1  # a new mask each time, then none
+        frames += [counts, counts.copy()]  # the second with the mask of the one before
+    for counts in frames:
+        assert D.network_input(counts).tobytes() == formula(counts).tobytes()

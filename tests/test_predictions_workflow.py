@@ -176,3 +176,35 @@ def test_the_matched_model_is_trained_in_the_cspad_geometry_and_scored_beside_th
     s = pd.read_csv(tiny_run / "results/evaluation/summary.tsv", sep="\t")
     cspad = s[s.experiment == "cspad"]
     assert set(cspad.model) == {"peak_finder-8keV_100mm", "peak_finder-matched"}
+
+
+def test_hit_finding_first_skips_the_frames_called_blank_and_nothing_else(tiny_run, tmp_path):
+    from braggflow.config import load_config
+    from braggflow.errors import InputError
+    from braggflow.formats.predictions import read_prediction, write_prediction
+    from braggflow.ml.predict import predict_file
+    from braggflow.settings import TrainingRun, TrainingSettings
+
+    from conftest import ROOT
+
+    training = TrainingSettings.from_config(load_config(TINY, ROOT / "config/config.schema.yaml")["training"])
+    frames = tiny_run / f"results/experiments/{EXP}/frames.h5"
+    stem = tiny_run / "results/models/1ic6/7keV_100mm/peak_finder"
+    ungated = read_prediction(pred_path(tiny_run, "peak_finder-7keV_100mm"))
+    hits = tmp_path / "hits.h5"  # a hit classifier that calls the second of the two frames blank
+    write_prediction(hits, np.array([0.9, 0.1], np.float32), classes=["hit"], model_id="m", panel_names=["p"],
+                     attrs={})
+    run = TrainingRun("cpu", 1)
+    for gate, skipped in ((0.05, [False, False]), (0.5, [False, True]), (0.95, [True, True])):
+        out = tmp_path / f"gate_{gate:g}.h5"
+        stats = predict_file(frames, stem.with_suffix(".json"), stem.with_suffix(".pt"), out, training=training,
+                             run=run, hits_path=hits, hit_gate=gate)
+        got, skipped = read_prediction(out), np.array(skipped)
+        assert stats["skipped_blank_frames"] == int(skipped.sum()) and got["hit_gate"] == gate
+        assert np.array_equal(got["skipped_blank"], skipped)
+        assert not got["pred"][skipped].any()  # no peak on a skipped frame
+        assert np.array_equal(got["pred"][~skipped], ungated["pred"][~skipped])  # the others as without a gate
+    with pytest.raises(InputError, match="not a hit classifier's prediction"):
+        predict_file(frames, stem.with_suffix(".json"), stem.with_suffix(".pt"), tmp_path / "bad.h5",
+                     training=training, run=run, hits_path=pred_path(tiny_run, "energy_distance"), hit_gate=0.5)
+    assert not (tmp_path / "bad.h5").exists()

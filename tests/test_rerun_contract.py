@@ -98,6 +98,13 @@ def test_how_a_job_runs_reruns_nothing(tiny_run, base, key, value):
     assert planned(tiny_run, edited(base, key, value)) == {}
 
 
+def test_onnx_runtime_as_the_engine_reruns_the_predictions_and_what_reads_them_only(tiny_run, base):
+    jobs = planned(tiny_run, edited(base, "training.inference_engine", "onnxruntime"))
+    assert jobs["predict"] == sorted(SHIFTED_PREDICTIONS + CSPAD_MATRIX_PREDICTIONS + ["cspad/peak_finder-matched"])
+    assert set(jobs) == {"predict", "evaluate_predictions", "evaluation_offsets_plot", "evaluation_summary",
+                         "benchmark_summary"}
+
+
 def test_the_same_config_in_another_key_order_reruns_nothing(tiny_run, base):
     def reverse(node):
         return {k: reverse(node[k]) for k in reversed(list(node))} if isinstance(node, dict) else node
@@ -184,6 +191,13 @@ def test_an_experiment_setting_reruns_that_experiment_only(tiny_run, base):
     jobs = planned(tiny_run, edited(base, "experiments.shifted.shift.overlay.readout_noise_adu", 1.5))
     assert jobs == {"overlay_shifted": ["shifted"], "import_frames_dxtbx": ["shifted"],
                     "dials_experiment": ["shifted"], "predict": sorted(SHIFTED_PREDICTIONS),
+                    "evaluate_predictions": ["shifted/7keV_100mm", "shifted/8keV_100mm"],
+                    "evaluation_offsets_plot": ["shifted"], "evaluation_summary": [""], "benchmark_summary": [""]}
+
+
+def test_a_hit_gate_reruns_the_gated_peak_finders_predictions_only(tiny_run, base):
+    jobs = planned(tiny_run, edited(base, "experiments.shifted.hit_gate", 0.5))
+    assert jobs == {"predict": ["shifted/peak_finder-7keV_100mm", "shifted/peak_finder-8keV_100mm"],
                     "evaluate_predictions": ["shifted/7keV_100mm", "shifted/8keV_100mm"],
                     "evaluation_offsets_plot": ["shifted"], "evaluation_summary": [""], "benchmark_summary": [""]}
 

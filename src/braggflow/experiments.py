@@ -48,6 +48,7 @@ class Experiment:
     predict_with: str = "matrix"
     untrusted_border_px: int = 0
     hit_frames: tuple[int, ...] | str | None = None  # file inputs: hit labels (indices, or "dials_indexed")
+    hit_gate: float | None = None  # frames below this hit probability skip the matrix peak finders
 
     @property
     def seed_index(self) -> int:
@@ -100,7 +101,7 @@ def experiment_specs(config: dict[str, Any], datasets: dict[str, Dataset], schem
                                matched=_matched_of(e),
                                predict_with=e["predict_with"], untrusted_border_px=int(e["untrusted_border_px"]),
                                hit_frames=tuple(e["hit_frames"]) if isinstance(e["hit_frames"], list)
-                               else e["hit_frames"])
+                               else e["hit_frames"], hit_gate=e["hit_gate"])
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     for exp in out.values():

@@ -165,7 +165,9 @@ class FitSettings(Section):
 @dataclasses.dataclass(frozen=True)
 class PeakFinderSettings(FitSettings):
     KEY: ClassVar[str] = "training.peak_finder"
+    architecture: str
     base_channels: int
+    cell_px: int
     tile_px: int
     tiles_per_frame: int
     pos_weight_power: float
@@ -174,6 +176,19 @@ class PeakFinderSettings(FitSettings):
     min_spot_px_grid: tuple[int, ...]
     score_min_photons: float
     tune_min_recall: float | None
+
+    def __post_init__(self):
+        known = not any(isinstance(v, Unset) for v in (self.architecture, self.cell_px, self.tile_px))
+        if known and self.architecture == "cell_unet" and self.tile_px % (2 * self.cell_px):
+            raise ConfigError(f"config key '{self.KEY}.tile_px': {self.tile_px} is not a multiple of 2 cell_px "
+                              f"= {2 * self.cell_px} (the cell_unet pools 2 x 2 cells)")
+
+    def params(self, *keys: str) -> dict[str, Any]:
+        """As every section's, less cell_px where the architecture has no cells (it changes no byte there)."""
+        out = super().params(*keys)
+        if self.architecture != "cell_unet":
+            out.pop("cell_px", None)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,12 +257,14 @@ class TrainingRun:
 
     device: str
     threads: int
+    inference_engine: str = "torch"  # of the predict rule: torch or onnxruntime (ml.onnx_models)
 
     @classmethod
     def from_job(cls, config: dict[str, Any], threads: int, log=None) -> "TrainingRun":
-        """The job's device and threads; on a GPU device, claims one GPU for the job (``gpu.claim_gpu``) and logs
-        which."""
-        run = cls(device=str(config["training"]["device"]), threads=int(threads))
+        """The job's device, threads and inference engine; on a GPU device, claims one GPU for the job
+        (``gpu.claim_gpu``) and logs which."""
+        t = config["training"]
+        run = cls(device=str(t["device"]), threads=int(threads), inference_engine=str(t.get("inference_engine", "torch")))
         if run.device != "cpu":
             from .gpu import claim_gpu
 

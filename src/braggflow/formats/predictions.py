@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..io import atomic_path
 
 
-EXTRAS = ("energy_probability", "camera_length_probability", "ood_score", "out_of_distribution")
+EXTRAS = ("energy_probability", "camera_length_probability", "ood_score", "out_of_distribution", "skipped_blank")
 
 
 def _text(values) -> list[str]:

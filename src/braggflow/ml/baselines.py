@@ -56,24 +56,37 @@ def dispersion_mask(counts: np.ndarray, s: DispersionSettings, stats=None) -> np
 MERGE_PX = 1
 
 
+def _grown(mask: np.ndarray, merge_px: int) -> np.ndarray:
+    """``ndimage.binary_dilation(mask, ones((3, 3)), iterations=merge_px)`` by shifted ORs along each axis:
+    the same pixels, several times faster on a 4M frame."""
+    grown = mask
+    for _ in range(merge_px):
+        rows = grown.copy()
+        rows[:, 1:] |= grown[:, :-1]
+        rows[:, :-1] |= grown[:, 1:]
+        grown = rows.copy()
+        grown[1:] |= rows[:-1]
+        grown[:-1] |= rows[1:]
+    return grown
+
+
 def spots_from_mask(mask: np.ndarray, weights: np.ndarray, min_spot_px: int = 1,
                     merge_px: int = MERGE_PX) -> np.ndarray:
     """(n, 2) spot centroids (x = fast, y = slow) in DIALS continuous pixels (+0.5: pixel centres) of the
     8-connected regions of ``mask`` with at least ``min_spot_px`` pixels, weighted by ``weights``.
     Regions closer than 2 merge_px + 1 pixels are one spot: a reflection's fragments (and its lattice-transform
-    side maxima right beside it) give one position, not several."""
-    grown = ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=merge_px) if merge_px else mask
-    labels, n = ndimage.label(grown, structure=np.ones((3, 3), bool))
-    labels = np.where(mask, labels, 0)
+    side maxima right beside it) give one position, not several. The sums run over the mask's pixels only, in
+    row-major order (as ``ndimage.sum_labels`` sums them: the same bits)."""
+    labels, n = ndimage.label(_grown(mask, merge_px), structure=np.ones((3, 3), bool))
     if n == 0:
         return np.zeros((0, 2))
-    idx = np.arange(1, n + 1)
-    sizes = ndimage.sum_labels(mask, labels, idx)
-    w = np.where(mask, np.maximum(weights, 0).astype(np.float64) + 1e-6, 0.0)
-    yy, xx = np.indices(mask.shape)
-    total = ndimage.sum_labels(w, labels, idx)
-    cx = ndimage.sum_labels(w * xx, labels, idx) / total + 0.5
-    cy = ndimage.sum_labels(w * yy, labels, idx) / total + 0.5
+    yy, xx = np.nonzero(mask)
+    lab = labels[yy, xx]
+    w = np.maximum(weights[yy, xx], 0).astype(np.float64) + 1e-6
+    sizes = np.bincount(lab, minlength=n + 1)[1:]
+    total = np.bincount(lab, w, n + 1)[1:]
+    cx = np.bincount(lab, w * xx, n + 1)[1:] / total + 0.5
+    cy = np.bincount(lab, w * yy, n + 1)[1:] / total + 0.5
     keep = sizes >= min_spot_px
     return np.stack([cx[keep], cy[keep]], axis=1)
 

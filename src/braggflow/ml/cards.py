@@ -14,7 +14,7 @@ from ..io import write_text_atomic
 from .data import file_sha256
 
 CARD_FIELDS = ("model_id", "model", "architecture", "arguments", "datasets", "config_hash", "input_data",
-               "weights", "split", "metrics", "training", "hardware", "software")
+               "weights", "onnx", "split", "metrics", "training", "hardware", "software")
 
 
 def hardware(device: str) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def software() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for dist in ("braggflow", "torch", "numpy", "scikit-learn", "h5py"):
+    for dist in ("braggflow", "torch", "numpy", "scikit-learn", "h5py", "onnx", "onnxscript", "onnxruntime"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -41,12 +41,14 @@ def software() -> dict[str, str]:
 
 def model_card(*, model: str, architecture: str, arguments: dict, datasets: Sequence[str], config_hash: str,
                inputs: Sequence[str | Path], weights_path: str | Path, split: dict[str, list[str]],
-               metrics: dict, training: dict, device: str) -> dict[str, Any]:
+               metrics: dict, training: dict, device: str, onnx: dict[str, Any]) -> dict[str, Any]:
+    """``onnx``: the ONNX file's entry (``onnx_models.export_onnx``)."""
     return {"model_id": str(uuid.uuid4()), "model": model, "architecture": architecture, "arguments": arguments,
             "datasets": list(datasets), "config_hash": config_hash,
             "input_data": {Path(p).as_posix(): file_sha256(p) for p in inputs},
             "weights": {"path": Path(weights_path).name, "sha256": file_sha256(weights_path),
                         "format": "torch state_dict; torch.load(path, weights_only=True)"},
+            "onnx": onnx,
             "split": split, "metrics": metrics, "training": training, "hardware": hardware(device),
             "software": software()}
 

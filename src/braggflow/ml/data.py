@@ -125,14 +125,34 @@ def network_input(counts: np.ndarray) -> np.ndarray:
 
     trusted = counts >= 0
     c = np.where(trusted, counts, 0).astype(np.float32)
-    t = trusted.astype(np.float32)
-    n = ndimage.uniform_filter(t, BACKGROUND_BOX_PX, mode="constant")
-    b = ndimage.uniform_filter(c, BACKGROUND_BOX_PX, mode="constant") / np.maximum(n, 1e-3)
     x = np.empty((INPUT_CHANNELS, *counts.shape), np.float32)
+    t = x[2]
+    t[...] = trusted
+    b = ndimage.uniform_filter(c, BACKGROUND_BOX_PX, mode="constant")
+    b /= _trusted_share(trusted, t)
     np.log1p(c, out=x[0])
-    x[1] = np.clip((c - b) / np.sqrt(b + 1.0), -5.0, 50.0) * (0.2 * t)
-    x[2] = t
+    # clip((c - b) / sqrt(b + 1), -5, 50) * 0.2 t, in place (the same float32 operations in the same order)
+    e = np.subtract(c, b, out=x[1])
+    np.add(b, 1.0, out=b)
+    np.divide(e, np.sqrt(b, out=b), out=e)
+    np.clip(e, -5.0, 50.0, out=e)
+    np.multiply(e, np.multiply(t, 0.2, out=b), out=e)
     return x
+
+
+_SHARE: list = []  # (trusted mask, its box share): frames of one detector share their mask
+
+
+def _trusted_share(trusted: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """max(the trusted share of each pixel's 9 x 9 box, 1e-3); the last mask's is kept for the next frame."""
+    from scipy import ndimage
+
+    if _SHARE and _SHARE[0][0].shape == trusted.shape and np.array_equal(_SHARE[0][0], trusted):
+        return _SHARE[0][1]
+    share = np.maximum(ndimage.uniform_filter(t, BACKGROUND_BOX_PX, mode="constant"), 1e-3)
+    share.flags.writeable = False
+    _SHARE[:] = [(trusted.copy(), share)]
+    return share
 
 
 def reflection_target(label: np.ndarray, truth: pd.DataFrame) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Layers whose CPU results do not depend on the thread count or the CPU vendor.
 
 Drop-in subclasses of ``nn.Conv1d``, ``nn.Conv2d``, ``nn.ConvTranspose2d``, ``nn.Linear`` and ``nn.Dropout``, with
-the same parameters and state-dict keys. On other devices they are the ``nn`` layers. On CPU:
+the same parameters and state-dict keys. On other devices, and within ``plain_layers()`` (the ONNX export), they
+are the ``nn`` layers. On CPU:
 
 * Convolutions give the bits of a single-threaded run in the forward pass and in both gradients
   (``as_on_one_thread``). oneDNN splits the weight-gradient sum over the minibatch across threads where a layer
@@ -18,6 +19,8 @@ the same parameters and state-dict keys. On other devices they are the ``nn`` la
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -25,6 +28,7 @@ from .determinism import intra_op_threads, one_thread
 
 
 _THREADS: dict[tuple, int] = {}  # (op, thread count, shapes) -> threads that give the bits of one thread
+_PLAIN = [False]  # set by plain_layers(): every layer is its nn layer (for export; the math is the same)
 _PROBE = torch.Generator().manual_seed(0x5EED)  # probe inputs; never the global generator
 
 
@@ -32,6 +36,21 @@ def _same(a, b) -> bool:
     if isinstance(a, (tuple, list)):
         return all(_same(u, v) for u, v in zip(a, b))
     return a is None or torch.equal(a, b)
+
+
+@contextlib.contextmanager
+def plain_layers():
+    """Within: every layer here runs as its ``nn`` parent (standard ops only, no thread probing), as an exporter
+    tracing the graph (ONNX) needs; the results are the same up to the summation order of the threads."""
+    previous, _PLAIN[0] = _PLAIN[0], True
+    try:
+        yield
+    finally:
+        _PLAIN[0] = previous
+
+
+def _plain(x: torch.Tensor) -> bool:
+    return _PLAIN[0] or x.device.type != "cpu"
 
 
 def as_on_one_thread(op: str, fn, *tensors):
@@ -99,21 +118,21 @@ def _convolution(x, weight, bias, stride, padding, dilation, transposed, output_
 
 class Conv1d(nn.Conv1d):
     def _conv_forward(self, x, weight, bias):
-        if x.device.type != "cpu" or self.padding_mode != "zeros" or isinstance(self.padding, str) or x.dim() != 3:
+        if _plain(x) or self.padding_mode != "zeros" or isinstance(self.padding, str) or x.dim() != 3:
             return super()._conv_forward(x, weight, bias)
         return _convolution(x, weight, bias, self.stride, self.padding, self.dilation, False, [0], self.groups)
 
 
 class Conv2d(nn.Conv2d):
     def _conv_forward(self, x, weight, bias):
-        if x.device.type != "cpu" or self.padding_mode != "zeros" or isinstance(self.padding, str) or x.dim() != 4:
+        if _plain(x) or self.padding_mode != "zeros" or isinstance(self.padding, str) or x.dim() != 4:
             return super()._conv_forward(x, weight, bias)
         return _convolution(x, weight, bias, self.stride, self.padding, self.dilation, False, [0, 0], self.groups)
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x, output_size=None):
-        if x.device.type != "cpu" or x.dim() != 4:
+        if _plain(x) or x.dim() != 4:
             return super().forward(x, output_size)
         output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
                                               self.dilation)
@@ -148,7 +167,7 @@ class Linear(nn.Linear):
     energy / camera-length net with 8 threads): forward and backward run on one thread, which costs little here."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
+        if _plain(x):
             return super().forward(x)
         params = [self.weight] + ([] if self.bias is None else [self.bias])
         if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))):
@@ -162,7 +181,7 @@ class Dropout(nn.Dropout):
     kept if below 1 - p), so the bits are those of ``nn.Dropout`` on a non-Intel CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace:
+        if not self.training or self.p == 0 or _plain(x) or self.inplace:
             return super().forward(x)
         keep = torch.rand(x.shape, dtype=torch.float64) < (1 - self.p)
         noise = keep.to(x.dtype)

@@ -15,27 +15,43 @@ from . import data as D
 from .baselines import DispersionSettings, find_spots, spots_from_probability, tune_dispersion, tune_hit_threshold
 from .fit import VALIDATION_EPOCH, FitResult, fit, seeded
 from .metrics import PeakCounts, accuracy, frame_peak_counts, peak_scores, select_setting
-from .models import PeakUNet
+from .models import peak_finder, peak_finder_arguments
+
+
+def block_edge(n_px: int, max_block_px: int, multiple_px: int) -> int:
+    """The block edge along an axis of ``n_px``: as few blocks as ``max_block_px`` allows, of equal size (a
+    multiple of ``multiple_px``), so the padding to whole blocks stays below one multiple per block."""
+    k = -(-n_px // max_block_px)
+    return multiple_px * -(-(-(-n_px // k)) // multiple_px)
 
 
 @torch.no_grad()
-def predict_probability(model: nn.Module, counts: np.ndarray, device: torch.device, block_px: int = 512,
-                        margin_px: int = 32) -> np.ndarray:
+def predict_probability(model: nn.Module, counts: np.ndarray, device: torch.device, block_px: int | None = None,
+                        margin_px: int | None = None) -> np.ndarray:
     """Peak probability (slow, fast) float32 of a whole frame, in overlapping blocks to bound memory; the margin
-    exceeds the U-Net's receptive field radius, so blocks join without seams."""
+    (the network's ``margin_px`` unless given) exceeds its receptive field radius, so blocks join without seams
+    and the result does not depend on the block size (at most the network's ``block_px`` unless given; blocks
+    of equal size along each axis, ``block_edge``)."""
     model.eval()
+    multiple = model.multiple_px
+    margin_px = model.margin_px if margin_px is None else margin_px
+    if margin_px % multiple or (block_px is not None and block_px % multiple):
+        raise ValueError(f"block {block_px} px and margin {margin_px} px must be multiples of {multiple} px for "
+                         f"{type(model).__name__}")
     x = D.network_input(counts)
     ny, nx = counts.shape
-    py, px = -ny % block_px, -nx % block_px
+    largest = model.block_px if block_px is None else block_px
+    by, bx = block_edge(ny, largest, multiple), block_edge(nx, largest, multiple)
+    py, px = -ny % by, -nx % bx
     xp = np.pad(x, ((0, 0), (margin_px, margin_px + py), (margin_px, margin_px + px)))
     out = np.empty((ny + py, nx + px), np.float32)
-    for y0 in range(0, ny, block_px):
-        for x0 in range(0, nx, block_px):
+    for y0 in range(0, ny, by):
+        for x0 in range(0, nx, bx):
             window = torch.from_numpy(np.ascontiguousarray(
-                xp[None, :, y0:y0 + block_px + 2 * margin_px, x0:x0 + block_px + 2 * margin_px])).to(device)
+                xp[None, :, y0:y0 + by + 2 * margin_px, x0:x0 + bx + 2 * margin_px])).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
                 p = torch.sigmoid(model(window).float())
-            out[y0:y0 + block_px, x0:x0 + block_px] = p[0, 0, margin_px:-margin_px, margin_px:-margin_px].cpu().numpy()
+            out[y0:y0 + by, x0:x0 + bx] = p[0, 0, margin_px:-margin_px, margin_px:-margin_px].cpu().numpy()
     return out[:ny, :nx]
 
 
@@ -94,11 +110,11 @@ def score_spots(per_frame: Sequence[tuple[D.FrameRef, np.ndarray]], radius_px: f
 
 
 def train_peak_finder(refs: dict[str, list[D.FrameRef]], cfg: TrainingSettings, seed: int, device: torch.device,
-                      log=None) -> tuple[PeakUNet, FitResult]:
+                      log=None) -> tuple[nn.Module, FitResult]:
     p = cfg.peak_finder
     tile, per_frame = p.tile_px, p.tiles_per_frame
     with seeded(seed):
-        model = PeakUNet(p.base_channels)
+        model = peak_finder(**peak_finder_arguments(p.architecture, p.base_channels, p.cell_px))
         # Fixed validation tiles (small: tiles_per_frame crops per validation frame) and the label fraction of
         # the training tiles, from one pass over the training frames.
         val = list(D.iter_tile_batches(refs["validation"], seed=seed, epoch=VALIDATION_EPOCH,

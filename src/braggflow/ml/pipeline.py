@@ -44,15 +44,18 @@ def _setup(run: TrainingRun):
     return torch_device(run.device)
 
 
-def run_peak_finder(shards: Sequence[str], *, weights: str, card: str, history: str, spots: str,
+def run_peak_finder(shards: Sequence[str], *, weights: str, onnx: str, card: str, history: str, spots: str,
                     cfg: TrainingSettings, run: TrainingRun, seed: int, log=None) -> dict:
-    from .models import save_weights
+    from .models import peak_finder_arguments, save_weights
     from .peak_finder import cnn_spots, score_spots, train_peak_finder, tune_cnn_spots
 
     device = _setup(run)
     splits = D.frame_splits(shards, cfg, seed)
     model, result = train_peak_finder(splits, cfg, seed, device, log)
+    p = cfg.peak_finder
+    arguments = peak_finder_arguments(p.architecture, p.base_channels, p.cell_px)
     save_weights(model, weights)
+    exported = _export(model, "peak_finder", arguments, onnx, log)
     _write_history(history, result.history)
     model.to(device)
     post, grid = tune_cnn_spots(model, splits["validation"] or splits["train"], cfg, device)
@@ -69,8 +72,8 @@ def run_peak_finder(shards: Sequence[str], *, weights: str, card: str, history: 
                "spot_extraction": post, "tuning_grid": grid,
                "inference_seconds_per_frame": seconds / max(len(found), 1),
                "training_envelope": background_envelope(splits).as_dict()}
-    _write_card(card, "peak_finder", "PeakUNet", {"base_channels": cfg.peak_finder.base_channels}, splits,
-                shards, weights, metrics, result, cfg, seed, frames_per_epoch=len(splits["train"]))
+    _write_card(card, "peak_finder", type(model).__name__, arguments, splits, shards, weights, exported, metrics, result, cfg,
+                seed, frames_per_epoch=len(splits["train"]))
     return scores
 
 
@@ -87,15 +90,27 @@ def background_envelope(splits, max_frames: int = 200):
                         features(splits["validation"] + splits["test"]))
 
 
-def _write_card(card, name, arch, arguments, splits, shards, weights, metrics, result, cfg, seed,
+def _export(model, kind: str, arguments: dict, path: str, log) -> dict:
+    from .onnx_models import export_onnx
+
+    t0 = time.perf_counter()
+    entry = export_onnx(model, kind, arguments, path)
+    if log:
+        log.info("ONNX (opset %d) written in %.1f s: %s, sha256 %s; ONNX Runtime gives torch's logits within %.2g",
+                 entry["opset"], time.perf_counter() - t0, path, entry["sha256"][:12],
+                 entry["export_check_max_abs_logit_difference"])
+    return entry
+
+
+def _write_card(card, name, arch, arguments, splits, shards, weights, exported, metrics, result, cfg, seed,
                 frames_per_epoch) -> None:
     datasets = sorted({r.dataset for refs in splits.values() for r in refs})
-    _write_card_split(card, name, arch, arguments, datasets, _split_names(splits), shards, weights, metrics, result,
-                      cfg, seed, frames_per_epoch)
+    _write_card_split(card, name, arch, arguments, datasets, _split_names(splits), shards, weights, exported, metrics,
+                      result, cfg, seed, frames_per_epoch)
 
 
-def _write_card_split(card, name, arch, arguments, datasets, split, inputs, weights, metrics, result, cfg, seed,
-                      frames_per_epoch) -> None:
+def _write_card_split(card, name, arch, arguments, datasets, split, inputs, weights, exported, metrics, result, cfg,
+                      seed, frames_per_epoch) -> None:
     from .fit import config_hash
 
     epochs = len(result.history)
@@ -106,21 +121,23 @@ def _write_card_split(card, name, arch, arguments, datasets, split, inputs, weig
     write_card(card, model_card(model=name, architecture=arch, arguments=arguments, datasets=datasets,
                                 config_hash=config_hash(cfg, seed), inputs=inputs, weights_path=weights,
                                 split=split, metrics=metrics, training=training,
-                                device=result.device))
+                                device=result.device, onnx=exported))
 
 
-def run_hit_classifier(shards: Sequence[str], *, weights: str, card: str, history: str, cfg: TrainingSettings,
-                       run: TrainingRun, seed: int, log=None) -> dict:
+def run_hit_classifier(shards: Sequence[str], *, weights: str, onnx: str, card: str, history: str,
+                       cfg: TrainingSettings, run: TrainingRun, seed: int, log=None) -> dict:
     from .models import save_weights
     from .hit_classifier import train_hit_classifier
 
     device = _setup(run)
     splits = D.frame_splits(shards, cfg, seed)
     model, result, metrics = train_hit_classifier(splits, cfg, seed, device, log)
+    arguments = {"channels": cfg.hit_classifier.channels}
     save_weights(model, weights)
+    exported = _export(model, "hit_classifier", arguments, onnx, log)
     _write_history(history, result.history)
-    _write_card(card, "hit_classifier", "HitClassifier", {"channels": cfg.hit_classifier.channels}, splits,
-                shards, weights, {"test": metrics, "training_envelope": background_envelope(splits).as_dict()}, result,
+    _write_card(card, "hit_classifier", "HitClassifier", arguments, splits, shards, weights, exported,
+                {"test": metrics, "training_envelope": background_envelope(splits).as_dict()}, result,
                 cfg, seed, frames_per_epoch=len(splits["train"]))
     return metrics
 
@@ -151,8 +168,8 @@ def read_profiles(path: str):
     return {s: ProfileSet(**a) for s, a in arrays.items()}, split, classes
 
 
-def run_energy_distance(profiles: str, *, weights: str, card: str, history: str, cfg: TrainingSettings,
-                        run: TrainingRun, seed: int, log=None) -> dict:
+def run_energy_distance(profiles: str, *, weights: str, onnx: str, card: str, history: str,
+                        cfg: TrainingSettings, run: TrainingRun, seed: int, log=None) -> dict:
     from .energy_distance import train_energy_distance
     from .models import save_weights
     from .ood import ENERGY_DISTANCE_FEATURE, fit_envelope
@@ -161,13 +178,15 @@ def run_energy_distance(profiles: str, *, weights: str, card: str, history: str,
     sets, split, classes = read_profiles(profiles)
     n_e, n_d = len(classes["energies_kev"]), len(classes["camera_lengths_m"])
     model, result, metrics = train_energy_distance(sets, n_e, n_d, cfg, seed, device, log)
-    save_weights(model, weights)
-    _write_history(history, result.history)
     e = cfg.energy_distance
+    arguments = {"sectors": e.sectors, "radial_bins": e.radial_bins, "n_energies": n_e, "n_distances": n_d,
+                 "channels": e.channels}
+    save_weights(model, weights)
+    exported = _export(model, "energy_distance", arguments, onnx, log)
+    _write_history(history, result.history)
     datasets = sorted({k.split("/")[0] for v in split.values() for k in v})
-    _write_card_split(card, "energy_distance", "EnergyDistanceNet",
-                      {"sectors": e.sectors, "radial_bins": e.radial_bins, "n_energies": n_e, "n_distances": n_d,
-                       "channels": e.channels}, datasets, split, [profiles], weights,
+    _write_card_split(card, "energy_distance", "EnergyDistanceNet", arguments, datasets, split, [profiles], weights,
+                      exported,
                       {"test": metrics, "classes": classes,
                        "training_envelope": fit_envelope(ENERGY_DISTANCE_FEATURE, sets["train"].profile, np.concatenate(
                            [sets["validation"].profile, sets["test"].profile])).as_dict()},
