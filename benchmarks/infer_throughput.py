@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from braggflow.ml import data as D
-from braggflow.ml.baselines import DispersionSettings, find_spots, spots_from_probability
+from braggflow.ml.baselines import DispersionSettings, find_spots
 from braggflow.ml.models import EnergyDistanceNet, HitClassifier, peak_finder, peak_finder_arguments
 from braggflow.ml.onnx_models import ENGINES, OnnxModel, export_onnx
-from braggflow.ml.peak_finder import predict_probability
+from braggflow.ml.peak_finder import cnn_spots
 
 from train_throughput import default_training, synthetic_frame  # noqa: E402  (benchmarks/ is the script's directory)
 
@@ -94,7 +94,7 @@ def main() -> None:
         def run_peak(peak):
             def run(i):
                 c = counts(i)
-                spots_from_probability(predict_probability(peak, c, device), c, 0.9, 2)
+                cnn_spots(peak, c, device, 0.9, 2)
             return run
 
         @torch.no_grad()
@@ -124,10 +124,8 @@ def main() -> None:
             models = {k: m.to(device).eval() for k, (m, _) in nets.items()}
             if engine == "onnxruntime":
                 for k, p in onnx_files.items():
-                    models[k] = onnx = OnnxModel.from_bytes(p, threads=threads, device=str(device))
-                    if k.startswith("peak"):  # the block layout load_onnx takes from the card
-                        onnx.multiple_px, onnx.margin_px, onnx.block_px = (nets[k][0].multiple_px,
-                                                                           nets[k][0].margin_px, nets[k][0].block_px)
+                    models[k] = OnnxModel.from_bytes(p, threads=threads, device=str(device),
+                                                     like=nets[k][0] if k.startswith("peak") else None)
             for label, fn in runners(models):
                 wall, cpu = timed(fn, args.frames, device)
                 ratio = f"  {1 / wall / base_fps:5.2f}x the dispersion finder's frames/s" if "peak" in label else ""
@@ -166,9 +164,7 @@ _WORKER: dict = {}
 def _worker_init(engine: str, arguments: dict, model_file: str, frame_file: str) -> None:
     torch.set_num_threads(1)
     if engine == "onnxruntime":
-        net = peak_finder(**arguments)
-        model = OnnxModel.from_bytes(model_file, threads=1)
-        model.multiple_px, model.margin_px, model.block_px = net.multiple_px, net.margin_px, net.block_px
+        model = OnnxModel.from_bytes(model_file, threads=1, like=peak_finder(**arguments))
     else:
         model = peak_finder(**arguments)
         model.load_state_dict(torch.load(model_file, weights_only=True))
@@ -179,7 +175,7 @@ def _worker_init(engine: str, arguments: dict, model_file: str, frame_file: str)
 def _worker_frame(i: int) -> int:
     frames = _WORKER["frames"]
     c = np.asarray(frames[i % len(frames)])
-    return len(spots_from_probability(predict_probability(_WORKER["model"], c, torch.device("cpu")), c, 0.9, 2))
+    return len(cnn_spots(_WORKER["model"], c, torch.device("cpu"), 0.9, 2))
 
 
 def hit_gate(args, refs, peak, cfg, device) -> None:
@@ -193,7 +189,7 @@ def hit_gate(args, refs, peak, cfg, device) -> None:
     frames = [(D.read_counts_only(r), r.hit) for r in refs]
     c0 = time.process_time()
     for c, _ in frames:
-        spots_from_probability(predict_probability(peak, c, device), c, 0.9, 2)
+        cnn_spots(peak, c, device, 0.9, 2)
     every = (time.process_time() - c0) / len(frames)
     c0, skipped = time.process_time(), []
     for c, _ in frames:
@@ -202,7 +198,7 @@ def hit_gate(args, refs, peak, cfg, device) -> None:
             p = float(torch.sigmoid(hit(x))[0])
         skipped.append(p < args.hit_gate)
         if not skipped[-1]:
-            spots_from_probability(predict_probability(peak, c, device), c, 0.9, 2)
+            cnn_spots(peak, c, device, 0.9, 2)
     gated = (time.process_time() - c0) / len(frames)
     truth = np.array([h for _, h in frames], bool)
     skipped = np.array(skipped)

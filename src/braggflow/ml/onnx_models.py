@@ -33,8 +33,8 @@ class Signature:
 
 SIGNATURES = {
     "peak_finder": Signature(("network_input",), ("peak_logit",),
-                             {"network_input": "(frames, 3, slow, fast), slow and fast multiples of 4: "
-                                               "braggflow.ml.data.network_input",
+                             {"network_input": "(frames, 3, slow, fast), slow and fast multiples of 4 (unet) or "
+                                               "2 cell_px (cell_unet): braggflow.ml.data.network_input",
                               "peak_logit": "(frames, 1, slow, fast); sigmoid gives the peak probability"}),
     "hit_classifier": Signature(("binned_frame",), ("hit_logit",),
                                 {"binned_frame": "(frames, 2, slow / bin, fast / bin): braggflow.ml.data.binned_frame",
@@ -123,7 +123,7 @@ class OnnxModel:
     """An ONNX file through ONNX Runtime, called like the torch network on torch tensors (``predict`` uses either
     unchanged). CUDA where the torch device is CUDA and this onnxruntime build has it, else the CPU."""
 
-    multiple_px, margin_px, block_px = 1, 0, 0  # a peak finder's: its torch network's (load_onnx)
+    multiple_px, margin_px, block_px = 1, 0, 0  # a peak finder's: its torch network's (from_bytes' like)
 
     def __init__(self, session):
         self.session = session
@@ -131,7 +131,10 @@ class OnnxModel:
         self.provider = session.get_providers()[0]
 
     @classmethod
-    def from_bytes(cls, model: bytes | str | Path, threads: int = 1, device: str = "cpu") -> "OnnxModel":
+    def from_bytes(cls, model: bytes | str | Path, threads: int = 1, device: str = "cpu",
+                   like=None) -> "OnnxModel":
+        """``like``: the torch peak finder whose block layout (multiple, margin, block) the whole-frame
+        prediction keeps."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -142,7 +145,10 @@ class OnnxModel:
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         source = model if isinstance(model, bytes) else str(model)
-        return cls(ort.InferenceSession(source, so, providers=providers))
+        out = cls(ort.InferenceSession(source, so, providers=providers))
+        if like is not None:
+            out.multiple_px, out.margin_px, out.block_px = like.multiple_px, like.margin_px, like.block_px
+        return out
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})
@@ -170,10 +176,7 @@ def load_onnx(card: dict[str, Any], path: str | Path, threads: int, device: str 
                          "export; retrain, or set training.inference_engine: torch)")
     if file_sha256(path) != entry["sha256"]:
         raise ValueError(f"{path}: sha256 {file_sha256(path)[:12]} is not the model card's {entry['sha256'][:12]}")
-    model = OnnxModel.from_bytes(path, threads=threads, device=device)
-    if card["model"] == "peak_finder":  # block layout of the whole-frame prediction, as the torch network's
-        from .models import build_model
+    from .models import build_model
 
-        net = build_model("peak_finder", card["arguments"])
-        model.multiple_px, model.margin_px, model.block_px = net.multiple_px, net.margin_px, net.block_px
-    return model
+    like = build_model("peak_finder", card["arguments"]) if card["model"] == "peak_finder" else None
+    return OnnxModel.from_bytes(path, threads=threads, device=device, like=like)
