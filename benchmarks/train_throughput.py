@@ -98,9 +98,9 @@ def main() -> None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
     print(f"peak finder training on {name}, {'shards' if refs else 'synthetic Eiger 4M frame'}: "
-          f"{args.frames / wall:.3f} frames/s, {args.frames * p['tiles_per_frame'] / wall:.1f} tiles/s "
-          f"({p['tiles_per_frame']} tiles of {p['tile_px']} px per frame, batch {p['batch_size']}, "
-          f"{p['base_channels']} base channels); wall {wall:.2f} s, CPU {cpu:.2f} s")
+          f"{args.frames / wall:.3f} frames/s, {args.frames * p.tiles_per_frame / wall:.1f} tiles/s "
+          f"({p.tiles_per_frame} tiles of {p.tile_px} px per frame, batch {p.batch_size}, "
+          f"{p.base_channels} base channels); wall {wall:.2f} s, CPU {cpu:.2f} s")
 
 
 if __name__ == "__main__":

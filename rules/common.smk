@@ -91,14 +91,19 @@ def shard_names():
 
 
 def simulation_gpus():
-    """1 where the simulator will run on CuPy, else 0 (the CPU path never imports CuPy)."""
+    """1 where the simulator will run on CuPy in the job's environment, else 0 (the CPU path never imports CuPy).
+    Under auto the job's environment decides: with conda deployment that is envs/braggflow-gpu.yaml (CuPy), else
+    Snakemake's own environment, where an installed CuPy is found without importing it. The job logs which
+    backend ran and why (simulator.resolve_backend)."""
     backend = SIM["backend"]
     if backend == "cupy":
         return 1
     if backend == "auto":
+        from snakemake.settings.types import DeploymentMethod
         import importlib.util
 
-        # Installed CuPy means a GPU environment (envs/braggflow-gpu.yaml); found without importing it.
+        if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+            return 1
         return int(importlib.util.find_spec("cupy") is not None)
     return 0
 

@@ -117,7 +117,8 @@ def small_experiment(tmp_path_factory):
     return tmp
 
 
-def matched_shard(path, experiment_dir, frames=range(3), sim_extra=None, overlay_extra=None, outlier_amplitudes=None):
+def matched_shard(path, experiment_dir, frames=range(3), sim_extra=None, overlay_extra=None, outlier_amplitudes=None,
+                  backend="numpy"):
     import yaml
 
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
@@ -130,7 +131,7 @@ def matched_shard(path, experiment_dir, frames=range(3), sim_extra=None, overlay
                                overlay=OverlaySettings.from_config(dict(cfg["overlay"], blank_fraction=0.0,
                                                                         **(overlay_extra or {}))),
                                jet_thickness_m=2e-6, seed=7, dataset="matched-x", dataset_index=3, frames=frames,
-                               structure="thermolysin", outlier_amplitudes=outlier_amplitudes)
+                               structure="thermolysin", outlier_amplitudes=outlier_amplitudes, backend=backend)
 
 
 def test_matched_shard_is_a_training_shard_of_stacked_panels(small_experiment, tmp_path):

@@ -55,7 +55,7 @@ from .io import write_text_atomic
 from .outliers import eligible_count, isolated_pixels, read_outlier_pixels
 from .overlay import OverlaySettings, frame_rng, overlay_frame
 from .shards import SimulationSettings, b_matrix, load_structure_factors, simulate_frame
-from .simulator import apply_psf, get_array_module
+from .simulator import apply_psf, resolve_backend
 from .water import water_photons
 
 BOX_PX = 5  # net photons of a spot: the box the CSPAD calibration used (a 1-2 px PSF keeps > 95 % inside)
@@ -270,7 +270,9 @@ def simulate_trials(dets, mtz_path: str | Path, simulation: dict[str, Any], beam
                     backend: str = "numpy", log=None) -> list[Trial]:
     sf, cell = load_structure_factors(mtz_path)
     b = b_matrix(cell)
-    xp = get_array_module(backend)
+    xp, backend_line = resolve_backend(backend)
+    if log:
+        log.info(backend_line)
     trials = []
     for factor in factors:
         sim = {**simulation, "psf_fwhm_um": 0.0, "ncells": scaled_ncells(simulation["ncells"], factor)}

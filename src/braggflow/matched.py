@@ -33,7 +33,7 @@ from .overlay import OverlaySettings, bad_pixel_mask, frame_conditions, frame_rn
 from .formats.frames import FramesInfo, read_untrusted_pixels
 from .shards import SimulationSettings, b_matrix, load_structure_factors, simulate_frame
 from .detector import INCIDENT_UNIT, Detector
-from .simulator import get_array_module
+from .simulator import resolve_backend
 from .units import energy_kev
 from .water import water_photons
 
@@ -113,7 +113,9 @@ def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | P
     water = water_photons(dets, beam.at_wavelength(wavelength), jet_thickness_m, water_table)[0].astype(np.float32)
     sf, cell = load_structure_factors(mtz_path)
     b = b_matrix(cell)
-    xp = get_array_module(backend)
+    xp, backend_line = resolve_backend(backend)
+    if log:
+        log.info(backend_line)
     untrusted = read_untrusted_pixels(info.path) | bad_pixel_mask(water.shape, overlay.bad_pixel_fraction, seed)
     stacked_untrusted = stack_panels(untrusted, True)
     stacked_water = stack_panels(water, np.float32(0.0))

@@ -31,7 +31,7 @@ from .formats.shards import (FRAMES_PATH, IMAGE_COMPRESSION, TABLE_COMPRESSION, 
 from .settings import canonical
 from .sf import dense_amplitude_table
 from .simulator import (Crystal, Numerics, Panel, Pulse, Still, StructureFactorTable, apply_psf,
-                        get_array_module, simulate_still, to_numpy, truth_reflections)
+                        resolve_backend, simulate_still, to_numpy, truth_reflections)
 
 DRAW_KEYS = ("ncells", "ncells_per_axis", "mosaic_spread_deg", "mosaic_domains", "mosaic_model", "spectrum_shape",
              "bandwidth_frac", "spectrum_samples", "energy_jitter_rel_sigma", "fluence_rel_sigma")
@@ -132,7 +132,9 @@ def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, b
     if geometry.n_fast * geometry.n_slow * 20 > max_detector_bytes:
         raise ValueError(f"detector {geometry.n_fast}x{geometry.n_slow} px needs more than the memory limit of "
                          f"{max_detector_bytes / 2**30:.1f} GiB per frame")
-    xp = get_array_module(backend)
+    xp, backend_line = resolve_backend(backend)
+    if log:
+        log.info(backend_line)
     sf, cell = load_structure_factors(mtz_path)
     b = b_matrix(cell)
     det = geometry.panel()
@@ -184,7 +186,7 @@ def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, b
             "total_photons": totals, "stored_photons": stored})
         write_table(f, TRUTH_PATH, {c: np.concatenate(truth_rows[c]) if n else np.zeros(0) for c in TRUTH_COLUMNS},
                     TABLE_COMPRESSION)
-    return {"frames": n, "seconds_per_frame": float(np.mean(seconds)) if seconds else 0.0}
+    return {"frames": n, "seconds_per_frame": float(np.mean(seconds)) if seconds else 0.0, "backend": xp.__name__}
 
 
 def _jsonable(d: dict) -> dict:

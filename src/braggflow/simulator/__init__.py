@@ -34,7 +34,7 @@ average), ``image`` (simulate_still), ``truth`` (truth_reflections), ``psf`` (th
 """
 
 from ..detector import Panel
-from .backend import get_array_module, to_numpy
+from .backend import get_array_module, resolve_backend, to_numpy
 from .derived import _make_setup  # private: the tests check pass 1's bound against the full average
 from .image import simulate_still
 from .kernels import _single_pass_block  # private, as _make_setup
@@ -47,6 +47,6 @@ from .truth import TruthTable, truth_reflections
 __all__ = [
     "INCIDENT_UNIT", "NANOBRAGG_DEFAULT_FLUENCE_PHOTONS_PER_M2", "PSF_TAIL", "R_E_SQ_M2", "SHAPES", "Crystal",
     "Panel", "Numerics", "Pulse", "Shape", "Still", "StructureFactorTable", "TruthTable", "apply_psf",
-    "gauss_psf_kernel_1d", "get_array_module", "load_hkl_text", "polarization_basis", "simulate_still",
-    "to_numpy", "truth_reflections",
+    "gauss_psf_kernel_1d", "get_array_module", "load_hkl_text", "polarization_basis", "resolve_backend",
+    "simulate_still", "to_numpy", "truth_reflections",
 ]

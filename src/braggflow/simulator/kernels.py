@@ -235,7 +235,7 @@ def _full_average(st: _Setup, flat_idx: Any) -> Any:
     f = np.asarray(det.fast_axis) * det.pixel_size_mm
     s = np.asarray(det.slow_axis) * det.pixel_size_mm
     kap = xp.asarray(st.kappa[:, None])
-    w = xp.asarray(st.weights.astype(np.float32))
+    w = [np.float32(v) for v in st.weights]
     acc = xp.zeros(flat_idx.shape, dtype=xp.float64)
     os_ = st.oversample
     g_first = None
@@ -255,7 +255,10 @@ def _full_average(st: _Setup, flat_idx: Any) -> Any:
                 idx = _f2_index(near[0][0], near[1][0], near[2][0], st, xp)
                 val = _lattice_sq(near[0][1], near[1][1], near[2][1], st, xp)
                 val *= xp.take(st.f2pad, idx)
-                sub += w @ val
+                # source by source, in order: the same sum for any batch of pixels and on any array module
+                # (a matrix product's summation order depends on the library and the batch size)
+                for i_src, w_src in enumerate(w):
+                    sub += val[i_src] * w_src
             acc += sub * g
     acc *= st.scale / (os_ * os_ * st.m_dom.shape[0])
     return acc
