@@ -54,7 +54,7 @@ from .formats.frames import FramesInfo, read_frame_photons, read_frames_info, re
 from .io import write_text_atomic
 from .outliers import eligible_count, isolated_pixels, read_outlier_pixels
 from .overlay import OverlaySettings, frame_rng, overlay_frame
-from .shards import SimulationSettings, b_matrix, load_structure_factors, simulate_frame
+from .shards import SimulationSettings, b_matrix, load_structure_factors, simulate_panels
 from .simulator import apply_psf, resolve_backend
 from .water import water_photons
 
@@ -281,8 +281,8 @@ def simulate_trials(dets, mtz_path: str | Path, simulation: dict[str, Any], beam
         for frame in range(n_frames):
             d = draw_frame(settings.draws, seed, dataset_index * 1000 + TRIAL_STREAM, frame)
             image, pan, xy = [], [], []
-            for p, det in enumerate(dets):
-                img, truth = simulate_frame(d, b, sf, det, settings, beam, xp, TRIAL_TRUTH_PHOTONS)
+            per_panel = simulate_panels(d, b, sf, dets, settings, beam, xp, TRIAL_TRUTH_PHOTONS)
+            for p, (img, truth) in enumerate(per_panel):
                 image.append(np.where(untrusted[p], -1.0, img))
                 pan.append(np.full(len(truth.x_px), p))
                 xy.append(np.column_stack([truth.x_px, truth.y_px]))

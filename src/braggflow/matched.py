@@ -31,7 +31,7 @@ from .errors import InputError
 from .formats import shards as S
 from .overlay import OverlaySettings, bad_pixel_mask, frame_conditions, frame_rng, overlay_frame, _visible
 from .formats.frames import FramesInfo, read_untrusted_pixels
-from .shards import SimulationSettings, b_matrix, load_structure_factors, simulate_frame
+from .shards import SimulationSettings, b_matrix, load_structure_factors, simulate_panels
 from .detector import INCIDENT_UNIT, Detector
 from .simulator import resolve_backend
 from .units import energy_kev
@@ -134,8 +134,7 @@ def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | P
             t0 = time.perf_counter()
             d = draw_frame(simulation.draws, seed, dataset_index, frame_index)
             images, rows = [], []
-            for p, det in enumerate(dets):
-                image, truth = simulate_frame(d, b, sf, det, simulation, beam, xp)
+            for p, (image, truth) in enumerate(simulate_panels(d, b, sf, dets, simulation, beam, xp)):
                 images.append(image)
                 rows.append(pd.DataFrame({"frame_index": frame_index, "h": truth.hkl[:, 0], "k": truth.hkl[:, 1],
                                           "l": truth.hkl[:, 2], "d_angstrom": truth.d_A, "panel": p,

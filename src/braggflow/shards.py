@@ -29,8 +29,9 @@ from .formats.nxmx import nxmx_writer
 from .formats.shards import (FRAMES_PATH, IMAGE_COMPRESSION, TABLE_COMPRESSION, TRUTH_COLUMNS, TRUTH_PATH,
                              write_attrs, write_table)
 from .settings import canonical
+from .detector import Detector
 from .sf import dense_amplitude_table
-from .simulator import (Crystal, Numerics, Panel, Pulse, Still, StructureFactorTable, apply_psf,
+from .simulator import (Crystal, Numerics, Panel, Pulse, Still, StructureFactorTable, apply_psf, panel_candidates,
                         resolve_backend, simulate_still, to_numpy, truth_reflections)
 
 DRAW_KEYS = ("ncells", "ncells_per_axis", "mosaic_spread_deg", "mosaic_domains", "mosaic_model", "spectrum_shape",
@@ -106,22 +107,38 @@ def frame_indices(shard: int, frames_per_shard: int, frames_per_dataset: int) ->
     return range(first, min(first + frames_per_shard, frames_per_dataset))
 
 
-def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, detector: Panel,
-                   settings: SimulationSettings, beam: Beam, xp, min_truth_photons: float = 1.0
-                   ) -> tuple[np.ndarray, Any]:
-    still = Still(
+def frame_still(draws: FrameDraws, b: np.ndarray, settings: SimulationSettings, beam: Beam) -> Still:
+    return Still(
         Crystal(A_matrix=draws.orientation @ b, ncells=draws.ncells, shape=settings.crystal_shape,
                 mosaic_umats=draws.mosaic_umats),
         Pulse(wavelengths_A=draws.wavelengths_A, weights=draws.weights,
               fluence_photons_per_m2=draws.fluence_photons_per_m2, kahn_factor=beam.kahn_factor,
               polarization_axis=beam.polarization_axis),
         Numerics(oversample=settings.oversample))
+
+
+def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, detector: Panel,
+                   settings: SimulationSettings, beam: Beam, xp, min_truth_photons: float = 1.0,
+                   candidates: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
+    """One panel's float32 image (PSF applied) and truth table; ``candidates``: from ``panel_candidates``."""
+    still = frame_still(draws, b, settings, beam)
     image = simulate_still(still, detector, sf, rel_tol=settings.rel_tol, xp=xp)
     # spot photons before the detector spreads them
-    truth = truth_reflections(still, detector, sf, image=image, xp=xp, min_photons=min_truth_photons)
+    truth = truth_reflections(still, detector, sf, image=image, xp=xp, min_photons=min_truth_photons,
+                              candidates=candidates)
     if settings.psf_fwhm_um > 0:
         image = apply_psf(image, settings.psf_fwhm_um / (detector.pixel_size_mm * 1e3), xp)
     return to_numpy(image).astype(np.float32), truth
+
+
+def simulate_panels(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, detector: Detector,
+                    settings: SimulationSettings, beam: Beam, xp, min_truth_photons: float = 1.0):
+    """simulate_frame for every panel of a multi-panel detector, the truth table's panel-independent geometry
+    computed once (``panel_candidates``); yields (image, truth) per panel."""
+    cands = panel_candidates(frame_still(draws, b, settings, beam), detector, sf) if len(detector) > 1 \
+        else [None]
+    for det, c in zip(detector.panels, cands):
+        yield simulate_frame(draws, b, sf, det, settings, beam, xp, min_truth_photons, candidates=c)
 
 
 def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, beam: Beam, settings: SimulationSettings,

@@ -81,9 +81,17 @@ def _profile_metric(st: _Setup, m: int) -> np.ndarray:
     return sum(ci * np.outer(r, r) for ci, r in zip(c, rs))
 
 
-def _candidate_hkl(st: _Setup) -> np.ndarray:
-    """hkl within the detector's resolution whose reciprocal cell can touch any Ewald sphere used."""
-    two_theta_max = Detector((st.detector,)).max_two_theta_rad()
+def _qmax(st: _Setup, two_theta_max: float) -> float:
+    """Largest |r| (1/A) of a node that can diffract within two_theta_max on any sphere used."""
+    smax = 2.0 * math.sin(two_theta_max / 2.0) if two_theta_max < math.pi / 2 else 2.0  # |s1_hat - s0_hat|
+    return (smax + 0.05) * float(st.kappa.max()) * (1 + st.eps_rot) + 1e-6
+
+
+def _candidate_hkl(st: _Setup, two_theta_max: float | None = None) -> np.ndarray:
+    """hkl within the detector's resolution (its panel's, or two_theta_max) whose reciprocal cell can touch any
+    Ewald sphere used, in (h, k, l) lexicographic order."""
+    if two_theta_max is None:
+        two_theta_max = Detector((st.detector,)).max_two_theta_rad()
     smax = 2.0 * math.sin(two_theta_max / 2.0) if two_theta_max < math.pi / 2 else 2.0  # |s1_hat - s0_hat|
     kmin, kmax = float(st.kappa.min()), float(st.kappa.max())
     qmax = (smax + 0.05) * kmax * (1 + st.eps_rot) + 1e-6
@@ -130,45 +138,12 @@ def _reference_node_ids(st: _Setup, hkl_lo: np.ndarray, dims: np.ndarray, block_
     return out
 
 
-def truth_reflections(
-    still: Still,
-    detector: Panel,
-    structure_factors: StructureFactorTable,
-    *,
-    image: Any | None = None,
-    min_peak_fraction: float = 1e-3,
-    min_photons: float = 1.0,
-    xp: ModuleType | None = None,
-    block_pixels: int | None = None,
-) -> TruthTable:
-    """Truth table of ``still``: reflections predicted on the detector with peak_fraction >= min_peak_fraction or
-    at least min_photons expected photons in their spot. ``image``: the frame from simulate_still of the same still
-    on the same detector (simulated here, with simulate_still's defaults, when None).
-
-    Position: for each source s and domain m, the point of that Ewald sphere where the lattice
-    transform of the node peaks (the node moved along the sphere normal, through the profile's
-    quadratic metric; for isotropic profiles the ray s0 + r), projected onto the detector; the spot
-    centre is the mean of those points weighted by w_s * F_latt^2 there (the spot's centroid).
-    """
-    xp = np if xp is None else xp
-    st = _make_setup(still, detector, structure_factors, xp)
-    if block_pixels is None:
-        block_pixels = default_block_pixels(xp)
-    if image is None:
-        image = simulate_still(still, detector, structure_factors, xp=xp, block_pixels=block_pixels)
-    img = to_numpy(image).reshape(-1)
-    if img.size != detector.n_fast * detector.n_slow:
-        raise ValueError(f"image has {img.size} pixels, detector has {detector.n_fast * detector.n_slow}")
-
-    hkl = _candidate_hkl(st)
-    peak0 = _lattice_sq_np(np.zeros((1, 3)), st)[0]
-    sum_w = np.zeros(len(hkl))
-    sum_x = np.zeros(len(hkl))
-    sum_y = np.zeros(len(hkl))
-    best = np.zeros(len(hkl))
+def _sphere_points(st: _Setup, hkl: np.ndarray, peak0: float):
+    """For each source and domain: the point of that Ewald sphere where the lattice transform of each node peaks
+    (unit direction s1) and F_latt^2 there / F_latt^2(0); yields (first source, s1 (S, H, 3), frac (S, H)) for
+    all sources of a domain at once, in chunks of ~TRUTH_ROWS (source, reflection) rows (the per-pair Python
+    overhead dominated at 100 spectrum channels x 25 domains). Row by row the same arithmetic for any set of hkl."""
     s0_hat = INCIDENT_UNIT
-    # all sources of a domain at once, in chunks of ~TRUTH_ROWS (source, reflection) rows: the per-pair Python
-    # overhead dominated at 100 spectrum channels x 25 domains; the sums still run source by source, in order
     n_src = len(st.kappa)
     step = max(1, TRUTH_ROWS // max(len(hkl), 1))
     for m in range(st.m_dom.shape[0]):
@@ -185,18 +160,111 @@ def truth_reflections(
             s1 = c + t
             s1 /= np.linalg.norm(s1, axis=2, keepdims=True)
             dfrac = (s1 * kap - kap * s0_hat - r[None]) @ st.m_dom[m].T  # (h,k,l) offset at that point
-            frac = _lattice_sq_np(dfrac, st) / peak0
-            x, y, fwd = detector.ray_to_px(s1.reshape(-1, 3))
-            shape = frac.shape
-            x, y, fwd = x.reshape(shape), y.reshape(shape), fwd.reshape(shape)
-            wgt = np.where(fwd, st.weights[s0:s0 + step, None] * frac, 0.0)
-            x = np.nan_to_num(x)
-            y = np.nan_to_num(y)
-            for i in range(shape[0]):
-                sum_w += wgt[i]
-                sum_x += wgt[i] * x[i]
-                sum_y += wgt[i] * y[i]
-            best = np.maximum(best, np.where(fwd, frac, 0.0).max(axis=0))
+            yield s0, s1, _lattice_sq_np(dfrac, st) / peak0
+
+
+def panel_candidates(still: Still, panels: Detector, structure_factors: StructureFactorTable) -> list[np.ndarray]:
+    """Per panel, the candidate hkl whose truth-table centroid can land on it, for ``truth_reflections(...,
+    candidates=)``: the same rows as each panel's own candidates would give, at about the cost of one panel.
+
+    The sphere points of every node (all sources and domains) are computed once for the whole detector: their
+    first direction d0 and the largest angle alpha of any other from it. A centroid is a weighted mean of the
+    points where those rays meet a panel's plane, so it lies within alpha of d0 as seen through the plane: a node
+    is kept for a panel unless d0 meets the plane farther from the panel than 1.5 L alpha / cos^2(phi + alpha)
+    + 2 px (L: the plane's distance, phi: d0's angle to its normal; the rate at which a ray's foot moves, with
+    a margin). Grazing panels (phi + alpha >= 80 deg) and skewed pixel axes keep every candidate."""
+    dets = tuple(panels.panels)
+    st = _make_setup(still, dets[0], structure_factors, np)
+    hkl = _candidate_hkl(st, panels.max_two_theta_rad())
+    peak0 = _lattice_sq_np(np.zeros((1, 3)), st)[0]
+    d0, cos_min = None, np.ones(len(hkl))
+    for _, s1, _ in _sphere_points(st, hkl, peak0):
+        if d0 is None:
+            d0 = s1[0].copy()
+        cos_min = np.minimum(cos_min, np.einsum("shi,hi->sh", s1, d0).min(axis=0))
+    if d0 is None:
+        return [hkl for _ in dets]
+    alpha = np.arccos(np.clip(cos_min, -1.0, 1.0)) + 1e-9
+    q = np.linalg.norm(hkl @ st.A.T, axis=1)
+    out = []
+    for det in dets:
+        own = q <= _qmax(st, Detector((det,)).max_two_theta_rad()) * (1 + 1e-9)  # the panel's own resolution
+        fast, slow = np.asarray(det.fast_axis, float), np.asarray(det.slow_axis, float)
+        normal = np.cross(fast, slow)
+        origin = np.asarray(det.origin_mm, float)
+        dist = float(normal @ origin)
+        if dist < 0:
+            normal, dist = -normal, -dist
+        if dist <= 0 or abs(float(fast @ slow)) > 1e-6:
+            out.append(hkl[own])
+            continue
+        cos_phi = d0 @ normal
+        phi = np.arccos(np.clip(cos_phi, -1.0, 1.0))
+        grazing = phi + alpha >= math.radians(80.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            foot = d0 * (dist / cos_phi)[:, None] - origin
+        px_f, px_s = det.pixel_mm
+        u, v = foot @ fast, foot @ slow  # mm from the panel's origin corner
+        du = np.maximum(np.maximum(-u, u - det.n_fast * px_f), 0.0)
+        dv = np.maximum(np.maximum(-v, v - det.n_slow * px_s), 0.0)
+        reach = 1.5 * dist * alpha / np.cos(np.minimum(phi + alpha, math.radians(80.0))) ** 2 + 2.0 * max(px_f, px_s)
+        near = grazing | (np.hypot(du, dv) <= reach)
+        out.append(hkl[own & near])
+    return out
+
+
+def truth_reflections(
+    still: Still,
+    detector: Panel,
+    structure_factors: StructureFactorTable,
+    *,
+    image: Any | None = None,
+    min_peak_fraction: float = 1e-3,
+    min_photons: float = 1.0,
+    xp: ModuleType | None = None,
+    block_pixels: int | None = None,
+    candidates: np.ndarray | None = None,
+) -> TruthTable:
+    """Truth table of ``still``: reflections predicted on the detector with peak_fraction >= min_peak_fraction or
+    at least min_photons expected photons in their spot. ``image``: the frame from simulate_still of the same still
+    on the same detector (simulated here, with simulate_still's defaults, when None).
+
+    Position: for each source s and domain m, the point of that Ewald sphere where the lattice
+    transform of the node peaks (the node moved along the sphere normal, through the profile's
+    quadratic metric; for isotropic profiles the ray s0 + r), projected onto the detector; the spot
+    centre is the mean of those points weighted by w_s * F_latt^2 there (the spot's centroid).
+
+    candidates: the hkl to consider (``panel_candidates`` of a multi-panel detector, which computes the
+    panel-independent geometry once); None: every node this panel can record.
+    """
+    xp = np if xp is None else xp
+    st = _make_setup(still, detector, structure_factors, xp)
+    if block_pixels is None:
+        block_pixels = default_block_pixels(xp)
+    if image is None:
+        image = simulate_still(still, detector, structure_factors, xp=xp, block_pixels=block_pixels)
+    img = to_numpy(image).reshape(-1)
+    if img.size != detector.n_fast * detector.n_slow:
+        raise ValueError(f"image has {img.size} pixels, detector has {detector.n_fast * detector.n_slow}")
+
+    hkl = _candidate_hkl(st) if candidates is None else candidates
+    peak0 = _lattice_sq_np(np.zeros((1, 3)), st)[0]
+    sum_w = np.zeros(len(hkl))
+    sum_x = np.zeros(len(hkl))
+    sum_y = np.zeros(len(hkl))
+    best = np.zeros(len(hkl))
+    for s0, s1, frac in _sphere_points(st, hkl, peak0):
+        x, y, fwd = detector.ray_to_px(s1.reshape(-1, 3))
+        shape = frac.shape
+        x, y, fwd = x.reshape(shape), y.reshape(shape), fwd.reshape(shape)
+        wgt = np.where(fwd, st.weights[s0:s0 + shape[0], None] * frac, 0.0)
+        x = np.nan_to_num(x)
+        y = np.nan_to_num(y)
+        for i in range(shape[0]):
+            sum_w += wgt[i]
+            sum_x += wgt[i] * x[i]
+            sum_y += wgt[i] * y[i]
+        best = np.maximum(best, np.where(fwd, frac, 0.0).max(axis=0))
     with np.errstate(invalid="ignore", divide="ignore"):
         x_px = sum_x / sum_w
         y_px = sum_y / sum_w
