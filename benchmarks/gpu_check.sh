@@ -60,11 +60,11 @@ if [[ $DRY == 1 ]]; then
   LIMIT=(300 300 300 300 300)
 else
   PARITY_ARGS=(--backend cupy)
-  SIM_ARGS=(--backend cupy --cases abc --repeats 3 --panels 8)  # (c): 8 of 64 panels, scaled
+  SIM_ARGS=(--backend cupy --cases abc --repeats 2 --panels 8)  # (c): 8 of 64 panels, scaled
   INFER_ARGS=(--device cuda --threads 1 --frames 20 --engines torch --workers 1)
   TRAIN_ARGS=(--device cuda --frames 20)
   OVERLAY_FRAMES=3
-  LIMIT=(120 150 60 90 60)  # seconds per step: parity, simulate, overlay, inference, training (< 8 min in all)
+  LIMIT=(110 140 50 90 60)  # seconds per step: parity, simulate, overlay, inference, training (< 8 min in all)
 fi
 
 # step NAME LIMIT_S COMMAND...: its stdout and stderr to steps/NAME.log, its exit status and seconds to steps/NAME.rc

@@ -32,7 +32,7 @@ TOL_TOTAL = 1e-6
 
 
 def nanobragg_cases():
-    from test_simulator import MOSFLM_TO_DIALS, _nanobragg_case, _still, nanobragg_reciprocal_mosflm
+    from helpers.nanobragg_cases import MOSFLM_TO_DIALS, _nanobragg_case, _still, nanobragg_reciprocal_mosflm
 
     sf = load_hkl_text(DATA / "F_random_1ic6cell.hkl")
     a = MOSFLM_TO_DIALS @ nanobragg_reciprocal_mosflm()

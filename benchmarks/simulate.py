@@ -146,9 +146,9 @@ def main() -> None:
               f"{fig['truth_wall_s']:.3f} s / {fig['truth_cpu_s']:.3f} s CPU per frame (median of {args.repeats}; "
               f"image runs {', '.join(f'{t:.3f}' for t in image_s)} s); last frame {total:.4g} photons, "
               f"{n_refl} reflections" + (f" (timed {len(panels)} of {len(detector.panels)} panels, scaled to the frame)"
-                                        if len(panels) < len(detector.panels) else ""))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+                                        if len(panels) < len(detector.panels) else ""), flush=True)
+        if args.json:  # after every case: a run cut short by a time limit keeps what it measured
+            Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

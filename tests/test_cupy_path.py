@@ -13,7 +13,8 @@ import pytest
 from braggflow.simulator import apply_psf, resolve_backend, simulate_still, to_numpy, truth_reflections
 from helpers.fake_cupy import DeviceArray, make_module
 from test_matched import matched_shard, small_experiment  # noqa: F401 - a fixture
-from test_simulator import _nanobragg_case, _still, constructed_case, nb_A, sf_table  # noqa: F401 - fixtures
+from helpers.nanobragg_cases import _nanobragg_case, _still
+from test_simulator import constructed_case, nb_A, sf_table  # noqa: F401 - fixtures
 
 cp = make_module()
 
