@@ -10,8 +10,8 @@
 Cells (a), (b): 1IC6-like P1 67.288 67.288 106.582 90 90 90; a random orientation (braggflow.draws); structure
 factors: random (Wilson/Rayleigh) amplitudes with a B = 20 A^2 fall-off to d >= 2 A (c: to the CSPAD's corner).
 Each case is timed as the workflow's simulate job spends a frame: the image (simulate_still) and the truth
-table (truth_reflections; on the CSPAD with its panel-independent geometry once per frame, panel_candidates, as
-the matched simulation runs it), printed apart.
+table (truth_reflections from the image pass's nearest nodes; on the CSPAD with its panel-independent geometry
+once per frame, panel_candidates, as the matched simulation runs it), printed apart.
 
 Each repeat is a different frame (orientation, mosaic draw); the first also builds the F^2 lookup
 tables, which later frames reuse. CPU time is printed too: on a shared machine it varies less.
@@ -123,11 +123,11 @@ def main() -> None:
             once = [time.perf_counter() - t0, time.process_time() - c0]
             for panel, cand in zip(panels, cands):
                 t0, c0 = time.perf_counter(), time.process_time()
-                image = simulate_still(still, panel, sf, xp=xp)
+                image, nodes = simulate_still(still, panel, sf, xp=xp, return_nodes=True)
                 if xp is not np:
                     xp.cuda.Stream.null.synchronize()
                 t1, c1 = time.perf_counter(), time.process_time()
-                truth = truth_reflections(still, panel, sf, image=image, xp=xp, candidates=cand)
+                truth = truth_reflections(still, panel, sf, image=image, xp=xp, candidates=cand, nodes=nodes)
                 wall[0] += t1 - t0
                 cpu[0] += c1 - c0
                 wall[1] += time.perf_counter() - t1

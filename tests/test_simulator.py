@@ -418,3 +418,20 @@ def test_panel_candidates_give_every_panel_its_own_truth_table(shape, constructe
         rows += len(own)
     assert rows > 20
     assert max(len(c) for c in cands) < 0.5 * len(np.unique(np.concatenate(cands), axis=0))
+
+
+def test_the_image_pass_hands_its_nearest_nodes_to_the_truth_table(constructed_case, sf_table):
+    """simulate_still(return_nodes=True) gives the same image and each pixel's nearest node of the reference
+    sample; the truth table from them is the one it computes on its own, to the bit."""
+    A, det, kwargs = constructed_case
+    still = _still(A, **kwargs)
+    image, nodes = simulate_still(still, det, sf_table, return_nodes=True)
+    np.testing.assert_array_equal(image, simulate_still(still, det, sf_table))
+    assert nodes.shape == (3, det.n_slow, det.n_fast) and nodes.dtype == np.int32
+    own = truth_reflections(still, det, sf_table, image=image)
+    handed = truth_reflections(still, det, sf_table, image=image, nodes=nodes)
+    assert len(own) > 5
+    for field in ("hkl", "x_px", "y_px", "photons", "peak_fraction"):
+        np.testing.assert_array_equal(getattr(handed, field), getattr(own, field))
+    with pytest.raises(ValueError, match="return_nodes"):
+        simulate_still(still, det, sf_table, exhaustive=True, return_nodes=True)

@@ -122,10 +122,11 @@ def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, d
                    candidates: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
     """One panel's float32 image (PSF applied) and truth table; ``candidates``: from ``panel_candidates``."""
     still = frame_still(draws, b, settings, beam)
-    image = simulate_still(still, detector, sf, rel_tol=settings.rel_tol, xp=xp)
+    image, nodes = simulate_still(still, detector, sf, rel_tol=settings.rel_tol, xp=xp, return_nodes=True)
     # spot photons before the detector spreads them
     truth = truth_reflections(still, detector, sf, image=image, xp=xp, min_photons=min_truth_photons,
-                              candidates=candidates)
+                              candidates=candidates, nodes=nodes)
+    del nodes
     if settings.psf_fwhm_um > 0:
         image = apply_psf(image, settings.psf_fwhm_um / (detector.pixel_size_mm * 1e3), xp)
     return to_numpy(image).astype(np.float32), truth

@@ -28,6 +28,7 @@ def simulate_still(
     xp: ModuleType | None = None,
     block_pixels: int | None = None,
     max_memory_bytes: int = 4 * 2**30,
+    return_nodes: bool = False,
 ) -> Any:
     """Expected photons per pixel, float64 array (n_slow, n_fast) on ``xp`` (NumPy by default), of ``still``.
 
@@ -35,6 +36,8 @@ def simulate_still(
     and more are refined until those left hold at most max_background_share of the photons; exhaustive=True
     averages every pixel over every sample. block_pixels: pixels per work block (default: by array module).
     max_memory_bytes: refuse a detector whose image, bound and candidate indices would need more.
+    return_nodes: also return, per pixel, the nearest node (h0, k0, l0) of the pixel-centre reference sample,
+    (3, n_slow, n_fast) int32 on ``xp``, for ``truth_reflections(nodes=)`` (not with exhaustive=True).
     """
     xp = np if xp is None else xp
     st = _make_setup(still, detector, structure_factors, xp)
@@ -43,7 +46,9 @@ def simulate_still(
     if not (0 < max_background_share <= 1):
         raise ValueError(f"max_background_share must lie in (0, 1], got {max_background_share!r}")
     n_pix = detector.n_fast * detector.n_slow
-    need = n_pix * (8 + 4 + 8)  # image, bound, candidate indices
+    if return_nodes and exhaustive:
+        raise ValueError("return_nodes needs the single-sample pass, which exhaustive=True skips")
+    need = n_pix * (8 + 4 + 8 + (12 if return_nodes else 0))  # image, bound, candidate indices, nodes
     if need > max_memory_bytes:
         raise ValueError(
             f"detector {detector.n_fast}x{detector.n_slow} pixels needs ~{need / 2**20:.0f} MiB, "
@@ -60,17 +65,17 @@ def simulate_still(
         return image
     want_bound = not st.single_exact
     bound = xp.empty((detector.n_slow, detector.n_fast), dtype=xp.float32) if want_bound else None
+    nodes = xp.empty((3, detector.n_slow, detector.n_fast), dtype=xp.int32) if return_nodes else None
     rows = _block_rows(st, block_pixels)
     for j0 in range(0, detector.n_slow, rows):
         j1 = min(j0 + rows, detector.n_slow)
-        value, b = _single_pass_block(st, j0, j1, want_bound)
+        value, b = _single_pass_block(st, j0, j1, want_bound, None if nodes is None else nodes[:, j0:j1])
         image[j0:j1] = value
         if want_bound:
             bound[j0:j1] = b
-    if not want_bound:
-        return image
-    _refine(st, flat, bound.reshape(-1), rel_tol, chunk, max_background_share)
-    return image
+    if want_bound:
+        _refine(st, flat, bound.reshape(-1), rel_tol, chunk, max_background_share)
+    return (image, nodes) if return_nodes else image
 
 
 def _refine(st: _Setup, flat: Any, bound: Any, rel_tol: float, chunk: int, max_background_share: float) -> None:

@@ -161,13 +161,17 @@ def _pixel_centres(st: _Setup, j0: int, j1: int) -> tuple[Any, Any, Any, tuple[A
 
 
 def _single_pass_block(
-    st: _Setup, j0: int, j1: int, want_bound: bool
+    st: _Setup, j0: int, j1: int, want_bound: bool, nodes_out: Any | None = None
 ) -> tuple[Any, Any | None]:
-    """Rows [j0, j1): value at the pixel centre for the reference sample (float64), and the bound."""
+    """Rows [j0, j1): value at the pixel centre for the reference sample (float64), and the bound.
+    nodes_out: (3, j1 - j0, n_fast) int32, filled with that sample's nearest node (h0, k0, l0) per pixel."""
     xp = st.xp
     det = st.detector
     dz, g, inv_r, hkl = _pixel_centres(st, j0, j1)
     near = [_nearest(h, xp) for h in hkl]
+    if nodes_out is not None:
+        for c in range(3):
+            nodes_out[c] = near[c][0]
     idx = _f2_index(near[0][0], near[1][0], near[2][0], st, xp)
     f2 = xp.take(st.f2pad, idx)
     lat = _lattice_sq(near[0][1], near[1][1], near[2][1], st, xp)

@@ -117,20 +117,25 @@ def _candidate_hkl(st: _Setup, two_theta_max: float | None = None) -> np.ndarray
     return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
 
 
-def _reference_node_ids(st: _Setup, hkl_lo: np.ndarray, dims: np.ndarray, block_pixels: int) -> np.ndarray:
+def _reference_node_ids(st: _Setup, hkl_lo: np.ndarray, dims: np.ndarray, block_pixels: int,
+                        nodes: Any | None = None) -> np.ndarray:
     """Per pixel (flat), linear id of the nearest node of the pixel-centre reference sample within the
-    box [hkl_lo, hkl_lo + dims), -1 outside (host int64)."""
+    box [hkl_lo, hkl_lo + dims), -1 outside (host int64). nodes: those nodes from simulate_still(return_nodes=True)
+    (the same numbers; not computed again)."""
     xp = st.xp
     det = st.detector
     out = np.empty(det.n_fast * det.n_slow, dtype=np.int64)
     rows = _block_rows(st, block_pixels)
     for j0 in range(0, det.n_slow, rows):
         j1 = min(j0 + rows, det.n_slow)
-        hkl = _pixel_centres(st, j0, j1)[3]
+        if nodes is None:
+            near = [xp.ceil(h - 0.5) for h in _pixel_centres(st, j0, j1)[3]]
+        else:
+            near = [nodes[c, j0:j1].astype(xp.float64) for c in range(3)]
         ids = None
         inside = None
         for c in range(3):
-            rel = (xp.ceil(hkl[c] - 0.5) - float(hkl_lo[c])).astype(xp.int64)
+            rel = (near[c] - float(hkl_lo[c])).astype(xp.int64)
             ok = (rel >= 0) & (rel < int(dims[c]))
             inside = ok if inside is None else inside & ok
             ids = rel if ids is None else ids * int(dims[c]) + rel
@@ -224,6 +229,7 @@ def truth_reflections(
     xp: ModuleType | None = None,
     block_pixels: int | None = None,
     candidates: np.ndarray | None = None,
+    nodes: Any | None = None,
 ) -> TruthTable:
     """Truth table of ``still``: reflections predicted on the detector with peak_fraction >= min_peak_fraction or
     at least min_photons expected photons in their spot. ``image``: the frame from simulate_still of the same still
@@ -235,7 +241,8 @@ def truth_reflections(
     centre is the mean of those points weighted by w_s * F_latt^2 there (the spot's centroid).
 
     candidates: the hkl to consider (``panel_candidates`` of a multi-panel detector, which computes the
-    panel-independent geometry once); None: every node this panel can record.
+    panel-independent geometry once); None: every node this panel can record. nodes: from
+    ``simulate_still(..., return_nodes=True)`` of the same still on the same panel (saves a pass over the pixels).
     """
     xp = np if xp is None else xp
     st = _make_setup(still, detector, structure_factors, xp)
@@ -274,7 +281,7 @@ def truth_reflections(
     if len(hkl):
         lo = hkl.min(axis=0)
         dims = hkl.max(axis=0) - lo + 1
-        ids = _reference_node_ids(st, lo, dims, block_pixels)
+        ids = _reference_node_ids(st, lo, dims, block_pixels, nodes)
         rel = hkl - lo
         table_ids = (rel[:, 0] * dims[1] + rel[:, 1]) * dims[2] + rel[:, 2]
         box = int(np.prod(dims))
