@@ -1,7 +1,10 @@
 """Seconds to build the DAG of config/perlmutter.yaml (9 datasets x 100,000 frames) in a dry run, and the jobs.
 
 Runs `snakemake -n` in an empty working directory (nothing exists yet, so every job is planned), once plainly
-(jobs per rule) and once with profiles/slurm (how many SLURM jobs the groups make of them).
+(jobs per rule) and once with profiles/slurm: the SLURM jobs the groups make, and the sbatch calls of the job
+arrays (the per-shard rules, slurm-array-jobs): at best one per slurm-array-limit tasks of a rule, when its shards
+are ready together (simulate, after the one preparation job), at worst one per shard (shards that finish one at
+a time between two status checks).
 
 Run:  .venv/bin/python benchmarks/dag_perlmutter.py [--repeats 1]
 """
@@ -17,6 +20,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -56,10 +61,19 @@ def main() -> None:
         groups = Counter(re.findall(r"Group job (\w+)", out))
         grouped_rules = set(re.findall(r"^\s{4}rule (\w+):", out, re.M))
         single = Counter(r for r in re.findall(r"^(?:local)?rule (\w+):", out, re.M) if r not in grouped_rules)
-        print(f"with profiles/slurm: {seconds:.1f} s; SLURM jobs: "
+        profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+        array_rules = [r.strip() for r in profile.get("slurm-array-jobs", "").split(",") if r.strip()]
+        limit = int(profile.get("slurm-array-limit", 1000))
+        arrays = {r: n for r, n in single.items() if r in array_rules}
+        plain = {r: n for r, n in single.items() if r not in array_rules and r != "all"}
+        fewest = sum(groups.values()) + sum(plain.values()) + sum(-(-n // limit) for n in arrays.values())
+        most = sum(groups.values()) + sum(plain.values()) + sum(arrays.values())
+        print(f"with profiles/slurm: {seconds:.1f} s; "
               + ", ".join(f"group {g} x {n}" for g, n in sorted(groups.items()))
-              + "".join(f", {r} x {n}" for r, n in sorted(single.items()) if r != "all")
-              + f" = {sum(groups.values()) + sum(n for r, n in single.items() if r != 'all')}")
+              + "".join(f", {r} x {n}" for r, n in sorted(plain.items()))
+              + "; arrays: " + ", ".join(f"{r} {n} tasks" for r, n in sorted(arrays.items()))
+              + f"; sbatch calls: {fewest} (each array rule's shards ready together, {limit} tasks per array) "
+              f"to {most} (shards ready one at a time)")
 
 
 if __name__ == "__main__":

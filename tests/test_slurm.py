@@ -1,9 +1,9 @@
 """Scale-out through a real SLURM: a one-node cluster (slurmctld, slurmd, slurmdbd + MariaDB, munged) brought up
 on this machine runs tests/configs/tiny.yaml with `--executor slurm` and the Perlmutter profile's rule resources.
 
-Checked: every rule ran as a SLURM job (sacct), GPU rules asked for `-C gpu`, a GPU and the GPU account, CPU
-rules for `-C cpu` and the CPU account; a job cancelled with scancel is retried with more time and the run
-completes; the outputs are byte-identical to a local run; every daemon is stopped afterwards.
+Checked: every rule ran as a SLURM job (sacct), the per-shard rules as job arrays, GPU rules asked for `-C gpu`, a
+GPU and the GPU account, CPU rules for `-C cpu` and the CPU account; a job (an array task) cancelled with scancel
+is retried with more time and the run completes; the outputs are byte-identical to a local run; every daemon is stopped afterwards.
 Bounded: each Snakemake run by `timeout -s INT -k 30`, the whole module by an alarm.
 """
 
@@ -34,6 +34,8 @@ GPU_RULES = ("simulate", "train_peak_finder", "train_hit_classifier", "train_ene
 # between runs; its weights are (tests/test_ml.py).
 OMIT_FROM = ("dials_stills_process", "dials_experiment", "benchmark_summary", "train_peak_finder",
              "train_hit_classifier", "baseline_peak_finder", "energy_distance_profiles", "matched_structure_factors")
+# Per-shard rules that profiles/slurm submits as job arrays (slurm-array-jobs)
+ARRAY_RULES = ("simulate", "overlay", "dials_stills_process", "dials_tables")
 ACCOUNT = "bragg"  # the test cluster's accounts: bragg (CPU) and bragg_g (GPU)
 RUN_TIMEOUT_S = 360  # one Snakemake run through SLURM (about 2.5 min here)
 MODULE_TIMEOUT_S = 900  # everything: bring-up, the local run (conftest's tiny_run, when no test made it yet),
@@ -128,7 +130,28 @@ def slurm_run(cluster, tmp_path_factory):
     seconds = time.monotonic() - t0
     (tmp / "snakemake.log").write_text(log)
     assert proc.returncode == 0, f"exit {proc.returncode} after {seconds:.0f} s (124: timed out)\n{log[-5000:]}"
-    return {"work": work, "profile": merged, "cancelled": cancelled, "log": log, "jobs": sacct_jobs()}
+    jobs = sacct_jobs()
+    return {"work": work, "profile": merged, "cancelled": cancelled, "log": log, "jobs": jobs,
+            "retried": retries_of(jobs, cancelled)}
+
+
+def base_id(jobid: str) -> int:
+    """SLURM's job id of a job or of an array task's array (<array job id>_<task>)."""
+    return int(jobid.split("_")[0])
+
+
+def retries_of(jobs: list[dict], cancelled: list[str]) -> list[str]:
+    """Jobs of a cancelled job's rule submitted after it with a longer time limit (the next attempt)."""
+    by_id = {j["JobID"]: j for j in jobs}
+    out = []
+    for c in cancelled:
+        first = by_id.get(c)
+        if first is None:
+            continue
+        rules = rules_of(first, GPU_RULES)
+        out += [j["JobID"] for j in jobs if rules_of(j, GPU_RULES) == rules and base_id(j["JobID"]) > base_id(c)
+                and minutes(j["Timelimit"]) > minutes(first["Timelimit"])]
+    return out
 
 
 def cancel_first_gpu_job(cancelled: list[str], stop: threading.Event) -> None:
@@ -174,7 +197,7 @@ def test_the_test_profile_keeps_the_perlmutter_rule_resources():
     base = yaml.safe_load(PROFILE.read_text())
     merged = merged_profile(base, yaml.safe_load(OVERRIDES.read_text()))
     for key in ("default-resources", "set-resources", "groups", "group-components", "resources",
-                "slurm-status-command"):
+                "slurm-status-command", "slurm-array-jobs", "jobs", "max-jobs-per-timespan"):
         assert merged[key] == base[key], key
     for rule in GPU_RULES:
         res = base["set-resources"][rule]
@@ -205,13 +228,31 @@ def test_gpu_rules_asked_for_gpu_nodes_and_gpus_and_cpu_rules_for_cpu_nodes(slur
         assert "gres/gpu" not in j["AllocTRES"], j
 
 
+def test_per_shard_rules_went_as_job_arrays(slurm_run):
+    """simulate's 4 shards are ready together: arrays of at most slurm-array-limit (3) tasks, fewer sbatch calls
+    than jobs; every first attempt of simulate is an array task (<array job id>_<task>)."""
+    assert set(ARRAY_RULES) <= set(slurm_run["profile"]["slurm-array-jobs"].split(","))
+    limit = slurm_run["profile"]["slurm-array-limit"]
+    tasks = [j for j in slurm_run["jobs"] if j["Comment"].removeprefix("rule_").split("_wildcards_")[0] == "simulate"]
+    arrays = {}
+    for j in tasks:
+        if "_" in j["JobID"]:
+            arrays.setdefault(base_id(j["JobID"]), []).append(j)
+    first_attempts = [j for j in tasks if j["JobID"] not in slurm_run["retried"]]
+    assert first_attempts and all("_" in j["JobID"] for j in first_attempts), tasks
+    assert max(len(a) for a in arrays.values()) >= 2 and all(len(a) <= limit for a in arrays.values()), arrays
+    assert len(arrays) < len(first_attempts)  # fewer submissions than jobs
+    assert "Submitted array job" in slurm_run["log"]
+
+
 def test_a_cancelled_job_is_retried_with_more_time_and_the_run_completes(slurm_run):
     jobs = {j["JobID"]: j for j in slurm_run["jobs"]}
     assert len(slurm_run["cancelled"]) == 1, "no GPU job was seen running to cancel"
     first = jobs[slurm_run["cancelled"][0]]
     assert first["State"].startswith("CANCELLED"), first
-    retry = [j for j in jobs.values() if j["Comment"] == first["Comment"] and int(j["JobID"]) > int(first["JobID"])]
+    retry = [jobs[i] for i in slurm_run["retried"]]
     assert [j["State"] for j in retry] == ["COMPLETED"], retry
+    assert rules_of(retry[0], GPU_RULES) == rules_of(first, GPU_RULES)
     assert minutes(retry[0]["Timelimit"]) == 2 * minutes(first["Timelimit"])  # runtime grows with the attempt
 
 
@@ -248,5 +289,7 @@ def test_jobs_ran_the_projects_snakemake(slurm_run):
     logs = list((slurm_run["work"] / "logs/slurm").rglob("*.log"))
     assert logs
     for log in logs:
+        if log.stem in slurm_run["cancelled"]:
+            continue  # scancel may stop it before its first line
         command = re.search(r"^\s*Command: (\S+)", log.read_text(), re.M)
         assert command and command.group(1).startswith(sys.prefix), (log, command)
