@@ -126,7 +126,6 @@ def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, d
     # spot photons before the detector spreads them
     truth = truth_reflections(still, detector, sf, image=image, xp=xp, min_photons=min_truth_photons,
                               candidates=candidates, nodes=nodes)
-    del nodes
     if settings.psf_fwhm_um > 0:
         image = apply_psf(image, settings.psf_fwhm_um / (detector.pixel_size_mm * 1e3), xp)
     return to_numpy(image).astype(np.float32), truth

@@ -47,6 +47,6 @@ from .truth import TruthTable, panel_candidates, truth_reflections
 __all__ = [
     "INCIDENT_UNIT", "NANOBRAGG_DEFAULT_FLUENCE_PHOTONS_PER_M2", "PSF_TAIL", "R_E_SQ_M2", "SHAPES", "Crystal",
     "Panel", "Numerics", "Pulse", "Shape", "Still", "StructureFactorTable", "TruthTable", "apply_psf",
-    "gauss_psf_kernel_1d", "get_array_module", "load_hkl_text", "panel_candidates", "polarization_basis", "resolve_backend",
-    "simulate_still", "to_numpy", "truth_reflections",
+    "gauss_psf_kernel_1d", "get_array_module", "load_hkl_text", "panel_candidates", "polarization_basis",
+    "resolve_backend", "simulate_still", "to_numpy", "truth_reflections",
 ]

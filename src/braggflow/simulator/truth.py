@@ -92,9 +92,8 @@ def _candidate_hkl(st: _Setup, two_theta_max: float | None = None) -> np.ndarray
     Ewald sphere used, in (h, k, l) lexicographic order."""
     if two_theta_max is None:
         two_theta_max = Detector((st.detector,)).max_two_theta_rad()
-    smax = 2.0 * math.sin(two_theta_max / 2.0) if two_theta_max < math.pi / 2 else 2.0  # |s1_hat - s0_hat|
     kmin, kmax = float(st.kappa.min()), float(st.kappa.max())
-    qmax = (smax + 0.05) * kmax * (1 + st.eps_rot) + 1e-6
+    qmax = _qmax(st, two_theta_max)
     cell_reach = 0.5 * float(np.linalg.norm(st.A, axis=0).sum())  # node to the far corner of its cell
     lim = np.ceil(np.linalg.norm(st.real_space, axis=1) * qmax).astype(int)
     kk, ll = np.meshgrid(np.arange(-lim[1], lim[1] + 1), np.arange(-lim[2], lim[2] + 1), indexing="ij")
