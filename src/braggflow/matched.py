@@ -152,7 +152,7 @@ def write_matched_shard(path: str | Path, *, info: FramesInfo, mtz_path: str | P
             t = pd.concat(rows, ignore_index=True)
             if not hit:
                 t = t.iloc[0:0]
-            t = t.assign(visible=_visible(t, fr.label))
+            t = t.assign(visible=_visible(t.x_px.to_numpy(), t.y_px.to_numpy(), fr.label))
             truth_tables.append(t)
             per_frame.append({"frame_index": frame_index, **fr.params, "n_peaks": int(t.visible.sum()),
                               "wavelength_angstrom": d.central_wavelength_A, "ncells": float(np.mean(d.ncells))})

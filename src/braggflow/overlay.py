@@ -25,10 +25,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
 from .errors import InputError
@@ -38,6 +37,9 @@ from .formats.nxmx import DEAD_BIT, GAP_BIT, nxmx_writer, read_geometry
 from .settings import Section
 from .shards import THIN_SENSOR_MM
 from .formats.background import read_background
+
+if TYPE_CHECKING:  # the overlay job runs without pandas (~0.5 CPU-s to import)
+    import pandas as pd
 
 OVERLAY_STREAM = 1
 BAD_PIXEL_STREAM = 0xBAD
@@ -166,12 +168,12 @@ def write_overlay(path: str | Path, *, peaks_path: str | Path, water_path: str |
     structure, dataset = attrs["structure"], attrs["dataset"]
     _same_experiment(peaks_geometry, bg.geometry, peaks_path, water_path)
     frames = S.read_frame_arrays(peaks_path)
-    truth = S.read_truth(peaks_path)
+    truth = S.read_truth_arrays(peaks_path)
     bad = bad_pixel_mask(bg.photons.shape, settings.bad_pixel_fraction, seed)
     pixel_mask = bg.mask.astype(np.int32) * GAP_BIT + (bad & ~bg.mask).astype(np.int32) * DEAD_BIT
     untrusted = pixel_mask != 0
-    per_frame: list[dict] = []
-    labels_truth = []
+    per_frame: dict[str, list] = {}
+    visible_truth: list[dict[str, np.ndarray]] = []
     geometry = peaks_geometry
     with nxmx_writer(path, geometry, n_frames, np.int32, frames["central_wavelength_angstrom"], mask=pixel_mask,
                      saturation_value=settings.saturation_adu, sensor_thickness_mm=THIN_SENSOR_MM) as (f, data):
@@ -186,39 +188,46 @@ def write_overlay(path: str | Path, *, peaks_path: str | Path, water_path: str |
             data[i] = fr.counts
             label_ds[i] = fr.label.astype(np.uint8)
             n_regions = int(ndimage.label(fr.label, structure=np.ones((3, 3)))[1])
-            t = truth[truth.frame_index == frame_index].copy() if hit else truth.iloc[0:0].copy()
-            t["visible"] = _visible(t, fr.label)
-            labels_truth.append(t)
-            per_frame.append({"frame_index": frame_index, **fr.params, "n_peaks": int(t["visible"].sum()),
-                              "n_label_regions": n_regions})
+            rows = (truth["frame_index"] == frame_index) & hit  # a blank frame keeps no reflections
+            t = {c: v[rows] for c, v in truth.items()}
+            t["visible"] = _visible(t["x_px"], t["y_px"], fr.label)
+            visible_truth.append(t)
+            row = {"frame_index": frame_index, **fr.params, "n_peaks": int(t["visible"].sum()),
+                   "n_label_regions": n_regions}
+            for key, value in row.items():
+                per_frame.setdefault(key, []).append(value)
             if log:
                 log.info("frame %d: hit=%d, %d visible reflections, %d label regions, water %.3g photons, "
-                         "jet x%.3f, fluence x%.3f", frame_index, hit, int(t["visible"].sum()), n_regions,
+                         "jet x%.3f, fluence x%.3f", frame_index, hit, row["n_peaks"], n_regions,
                          fr.params["water_photons"], jet_factor, fluence_factor)
         S.write_attrs(f, {"structure": structure, "dataset": dataset, "overlay": asdict(settings)})
         S.write_water(f, bg.photons, shuffle=True)
         S.write_attrs(f, {"sources": {"peaks": peaks_path.name, "water": water_path.name},
                           "label_rule": "peak where bragg >= label_nsigma * sqrt(water + (readout_noise/gain)^2) and "
                                         "bragg >= label_min_photons (photons, noise-free)"})
-        table = pd.DataFrame(per_frame)
-        S.write_table(f, S.FRAMES_PATH, {**{c: table[c].to_numpy() for c in table.columns},
-                                         **{k: frames[k] for k in ("A_matrix", "ncells", "wavelengths_angstrom",
-                                                                   "weights", "fluence_photons_per_m2", "seed")}})
-        all_truth = pd.concat(labels_truth, ignore_index=True)
-        S.write_table(f, S.TRUTH_PATH, {c: all_truth[c].to_numpy() for c in (*S.TRUTH_COLUMNS, "visible")},
+        table = {k: np.asarray(v) for k, v in per_frame.items()}
+        S.write_table(f, S.FRAMES_PATH, {**table, **{k: frames[k] for k in ("A_matrix", "ncells", "wavelengths_angstrom",
+                                                                            "weights", "fluence_photons_per_m2",
+                                                                            "seed")}})
+        S.write_table(f, S.TRUTH_PATH, {c: np.concatenate([t[c] for t in visible_truth]) if visible_truth
+                                        else truth[c][:0] for c in (*S.TRUTH_COLUMNS, "visible")},
                       S.TABLE_COMPRESSION)
-    return {"frames": n_frames, "hits": int(table.hit.sum()), "mean_peaks_per_hit":
-            float(table.n_peaks[table.hit == 1].mean()) if table.hit.any() else 0.0}
+    hits = table["hit"] == 1 if n_frames else np.zeros(0, bool)
+    return {"frames": n_frames, "hits": int(hits.sum()),
+            "mean_peaks_per_hit": float(table["n_peaks"][hits].mean()) if hits.any() else 0.0}
 
 
-def _visible(truth: pd.DataFrame, label: np.ndarray) -> np.ndarray:
-    """A reflection is visible when a peak pixel lies within 1 px (3x3) of its predicted position."""
-    if len(truth) == 0:
-        return np.zeros(0, dtype=bool)
-    grown = ndimage.binary_dilation(label, structure=np.ones((3, 3), bool))
-    x = np.clip(np.floor(truth.x_px.to_numpy()).astype(int), 0, label.shape[1] - 1)
-    y = np.clip(np.floor(truth.y_px.to_numpy()).astype(int), 0, label.shape[0] - 1)
-    return grown[y, x]
+def _visible(x_px: np.ndarray, y_px: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """A reflection is visible when a peak pixel lies within 1 px (3x3) of its predicted position's pixel (that
+    pixel clipped into the image). Looks at the 9 pixels of each reflection, not a dilated frame."""
+    x = np.clip(np.floor(np.asarray(x_px)).astype(int), 0, label.shape[1] - 1)
+    y = np.clip(np.floor(np.asarray(y_px)).astype(int), 0, label.shape[0] - 1)
+    seen = np.zeros(x.shape, dtype=bool)
+    for dy in (-1, 0, 1):  # a neighbour clipped back onto the edge is a pixel of the same 3x3 window
+        yy = np.clip(y + dy, 0, label.shape[0] - 1)
+        for dx in (-1, 0, 1):
+            seen |= label[yy, np.clip(x + dx, 0, label.shape[1] - 1)]
+    return seen
 
 
 def read_overlay_frames(path: str | Path) -> pd.DataFrame:

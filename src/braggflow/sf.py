@@ -10,15 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gemmi
 import numpy as np
-import pandas as pd
 
 from .errors import InputError
 from .formats.mtz import read_mtz
 from .io import atomic_path
 from .structures import CrystalModel
+
+if TYPE_CHECKING:  # pandas costs a simulation job ~0.5 CPU-s to import, and it reads no table
+    import pandas as pd
 
 _CHUNK_TERMS = 4_000_000  # reflections x atoms per chunk: bounds memory to ~100 MB
 
@@ -193,6 +196,8 @@ def sf_summary(name: str, energy_kev: float, table: SfTable) -> dict[str, float 
 
 def write_summary(path: str | Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
+        import pandas as pd
+
         pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
 
 
@@ -220,6 +225,8 @@ def resolution_shells(table: SfTable, n_shells: int = 10) -> pd.DataFrame:
             "mean_f_electrons": float(mean_f[sel].mean()),
             "bijvoet_ratio": float(np.mean(np.abs(amp_p[sel] - amp_m[sel])) / max(mean_f[sel].mean(), 1e-30)),
         })
+    import pandas as pd
+
     return pd.DataFrame(rows)
 
 

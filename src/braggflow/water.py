@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .beam import Beam
 from .errors import InputError
@@ -30,6 +29,8 @@ WATER_NUMBER_DENSITY_PER_M3 = 33.37e27  # liquid water, 25 C
 
 def load_water_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(q in 1/A, |F(q)|^2 in e^2) from a CSV with columns q_inv_angstrom, f2_electrons2 ('#' comments)."""
+    import pandas as pd  # here, not at the top: the overlay jobs read backgrounds and start faster without it
+
     path = Path(path)
     try:
         table = pd.read_csv(path, comment="#")
