@@ -1,0 +1,206 @@
+"""The differentiable model against the simulator (pixels and gradients), the cell constraints, and per-still
+refinement on simulated noisy stills: what it recovers from a DIALS-like start, and how it reports bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from braggflow.refine.cell import CellConstraints, b_matrix, cell_of_A, rotation  # noqa: E402
+from braggflow.refine.model import F2Table, expected_photons, torch_still  # noqa: E402
+from braggflow.refine.stills import NoiseModel, RefineSettings, Shoeboxes, refine_still  # noqa: E402
+from braggflow.shards import b_matrix as gemmi_b_matrix  # noqa: E402
+from braggflow.simulator import (Crystal, Numerics, Panel, Pulse, Still, simulate_still,  # noqa: E402
+                                 truth_reflections)
+from helpers.nanobragg_cases import _nanobragg_case, _still  # noqa: E402
+from test_simulator import _window, constructed_case, nb_A, sf_table  # noqa: E402,F401 - fixtures
+
+CELL = (67.288, 67.288, 106.582, 90.0, 90.0, 90.0)  # the reference hkl file's cell, P 43 21 2 (1IC6)
+
+
+def _model_image(still, det, sf):
+    j, i = np.mgrid[0:det.n_slow, 0:det.n_fast]
+    out = expected_photons(torch_still(still, det), F2Table.from_table(sf), torch.as_tensor(i.ravel()),
+                           torch.as_tensor(j.ravel()))
+    return out.detach().numpy().reshape(det.n_slow, det.n_fast)
+
+
+@pytest.mark.parametrize("name", ["case1_mono", "case2_poly_mosaic"])
+def test_model_reproduces_the_simulator_on_the_nanobragg_cases(name, sf_table, nb_A):
+    det, kwargs, ref = _nanobragg_case(name)
+    if name == "case2_poly_mosaic":  # 3 x 10 x 4 samples per pixel: a window with spots keeps it quick
+        det = _window(det, 380, 260, 260, 240)
+    still = _still(nb_A, **kwargs)
+    sim = simulate_still(still, det, sf_table, exhaustive=True)
+    model = _model_image(still, det, sf_table)
+    assert sim.max() > 100 * np.median(sim)  # spots in the window
+    assert np.abs(model - sim).max() <= 1e-6 * sim.max()
+    assert model.sum() == pytest.approx(sim.sum(), rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", ["square", "round", "gauss", "tophat"])
+def test_model_reproduces_the_simulator_on_a_tilted_polychromatic_mosaic_case(shape, constructed_case, sf_table):
+    A, det, kwargs = constructed_case
+    still = _still(A, shape=shape, **kwargs)
+    for first in (False, True):  # Omega and P per sub-pixel, or once per pixel as nanoBragg caches them
+        s = _still(A, shape=shape, first_subpixel_factors=first, **kwargs)
+        sim = simulate_still(s, det, sf_table, exhaustive=True)
+        model = _model_image(s, det, sf_table)
+        assert sim.max() > 0
+        assert np.abs(model - sim).max() <= 1e-6 * sim.max(), (shape, first)
+    assert still.crystal.shape == shape
+
+
+@pytest.mark.parametrize("shape", ["square", "round", "gauss"])
+def test_gradients_match_finite_differences(shape, constructed_case, sf_table):
+    A, det, kwargs = constructed_case
+    still = _still(A, shape=shape, **{**kwargs, "oversample": 1})
+    sim = simulate_still(still, det, sf_table)
+    j, i = np.unravel_index(np.argsort(sim.ravel())[-40:], sim.shape)  # pixels on the brightest spots
+    base = torch_still(still, det)
+    f2 = F2Table.from_table(sf_table)
+    fast, slow = torch.as_tensor(i), torch.as_tensor(j)
+
+    def f(A_, ncells, kappa, scale, origin):
+        from dataclasses import replace
+
+        return expected_photons(replace(base, A=A_, ncells=ncells, kappa=kappa, scale=scale, origin_mm=origin),
+                                f2, fast, slow) / float(sim.max())
+
+    inputs = tuple(t.clone().requires_grad_(True) for t in (base.A, base.ncells, base.kappa, base.scale,
+                                                            base.origin_mm))
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-5, rtol=1e-4)
+
+
+def test_b_matrix_and_constraints_follow_cctbx_conventions():
+    for cell in (CELL, (93.42, 93.42, 131.08, 90, 90, 120), (50.1, 61.2, 72.3, 90, 104.5, 90),
+                 (41.0, 52.0, 63.0, 81.0, 97.0, 113.0)):
+        ours = b_matrix(tuple(torch.tensor(float(v), dtype=torch.float64) for v in cell)).numpy()
+        np.testing.assert_allclose(ours, gemmi_b_matrix(cell), rtol=1e-12, atol=1e-15)
+        assert cell_of_A(rotation(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)).numpy() @ ours) == \
+            pytest.approx(cell, rel=1e-10)
+    assert CellConstraints.from_space_group("P 43 21 2", CELL).names == ("a", "c")
+    assert CellConstraints.from_space_group("P 61 2 2", CELL).lattice == "hexagonal"
+    assert CellConstraints.from_space_group("R 3 :R", CELL).lattice == "rhombohedral"
+    mono = CellConstraints.from_space_group("C 1 2 1", (50.0, 60.0, 70.0, 90.0, 104.0, 90.0))
+    assert mono.free_angle == 1
+    free = torch.tensor([50.0, 60.0, 70.0, 104.0], dtype=torch.float64)
+    assert [float(v) for v in mono.cell(free)] == [50.0, 60.0, 70.0, 90.0, 104.0, 90.0]
+    with pytest.raises(ValueError, match="space group 'P 7'"):
+        CellConstraints.from_space_group("P 7", CELL)
+    v = torch.tensor([1e-3, -2e-3, 0.5e-3], dtype=torch.float64)
+    r = rotation(v).numpy()
+    assert np.allclose(r @ r.T, np.eye(3)) and math.degrees(math.acos((np.trace(r) - 1) / 2)) == pytest.approx(
+        math.degrees(float(torch.linalg.vector_norm(v))))
+
+
+def _small_rotation(axis, deg: float) -> np.ndarray:
+    axis = np.asarray(axis, float)
+    return rotation(torch.as_tensor(axis / np.linalg.norm(axis) * math.radians(deg))).numpy()
+
+
+def _misorientation_deg(A1: np.ndarray, A2: np.ndarray) -> float:
+    b = gemmi_b_matrix(CELL)
+
+    def u(a):
+        x, _, y = np.linalg.svd(a @ np.linalg.inv(b))
+        return x @ y
+
+    r = u(A1) @ u(A2).T
+    return math.degrees(math.acos(np.clip((np.trace(r) - 1) / 2, -1, 1)))
+
+
+@pytest.fixture(scope="module")
+def noisy_still(sf_table):
+    """A default-config-like still (round transform, N = 40, 3 sources over 0.2 %, 3 domains of 0.05 deg, Kahn
+    0.99) on a 512 x 512 detector, counts with gain 1 and 0.5 ADU readout noise on 0.5 photons of background;
+    and a DIALS-like start: 0.08 deg off, cell 0.2 % long in a and 0.1 % short in c, N 30, fluence x 0.6, the
+    energy 4e-4 off."""
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal(4)
+    q /= np.linalg.norm(q)
+    a, b, c, d = q
+    U = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                  [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
+                  [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d]])
+    B = gemmi_b_matrix(CELL)
+    mosaic = np.array([np.eye(3)] + [_small_rotation(rng.standard_normal(3), 0.05) for _ in range(2)])
+    lam = 1.3 * np.array([0.999, 1.0, 1.001])
+    det = Panel.from_beam_center(100.0, (256, 256), 0.1, 512, 512)
+    truth_still = Still(Crystal(U @ B, ncells=(40, 40, 40), shape="round", mosaic_umats=mosaic),
+                        Pulse(lam, fluence_photons_per_m2=3e25, kahn_factor=0.99), Numerics())
+    image = simulate_still(truth_still, det, sf_table)
+    truth = truth_reflections(truth_still, det, sf_table, image=image)
+    counts = rng.poisson(image + 0.5) + rng.normal(0.0, 0.5, image.shape)
+    strong = truth.photons > 20
+    start_B = gemmi_b_matrix((CELL[0] * 1.002, CELL[1] * 1.002, CELL[2] * 0.999, 90, 90, 90))
+    start = Still(Crystal(_small_rotation([0.3, -0.5, 0.8], 0.08) @ U @ start_B, ncells=(30, 30, 30), shape="round",
+                          mosaic_umats=mosaic),
+                  Pulse(lam * (1 + 4e-4), fluence_photons_per_m2=0.6 * 3e25, kahn_factor=0.99), Numerics())
+    return dict(truth_still=truth_still, truth=truth, strong=strong, counts=counts, det=det, start=start, U=U, B=B)
+
+
+def _rmsd_px(still, case, sf) -> float:
+    t = case["truth"]
+    pred = truth_reflections(still, case["det"], sf, image=simulate_still(still, case["det"], sf))
+    where = {tuple(h): i for i, h in enumerate(t.hkl[case["strong"]])}
+    xs, ys = t.x_px[case["strong"]], t.y_px[case["strong"]]
+    d = np.array([(pred.x_px[j] - xs[where[tuple(h)]], pred.y_px[j] - ys[where[tuple(h)]])
+                  for j, h in enumerate(pred.hkl) if tuple(h) in where])
+    assert len(d) >= 0.9 * case["strong"].sum()
+    return float(np.sqrt((d ** 2).sum(axis=1).mean()))
+
+
+def test_refinement_recovers_orientation_cell_size_scale_and_energy(noisy_still, sf_table):
+    c = noisy_still
+    boxes = Shoeboxes.around(c["counts"], None, np.column_stack([c["truth"].x_px, c["truth"].y_px])[c["strong"]], 4)
+    assert boxes.n_boxes >= 80
+    res = refine_still(c["start"], c["det"], sf_table, boxes, NoiseModel(1.0, 0.5), "P 43 21 2", reference_cell=CELL)
+    assert res.converged, res.message
+    assert res.energy_refined and res.nll_final < res.nll_start
+    assert _misorientation_deg(c["start"].crystal.A_matrix, c["U"] @ c["B"]) > 0.07
+    assert _misorientation_deg(res.A_matrix, c["U"] @ c["B"]) <= 0.01
+    assert max(abs(x / y - 1) for x, y in zip(res.cell[:3], CELL[:3])) <= 2e-4  # 0.02 %
+    assert res.ncells == pytest.approx((40, 40, 40), rel=0.1)
+    assert res.energy_factor == pytest.approx(1 + 4e-4, abs=2e-4 * 0.25)
+    assert res.scale_factor == pytest.approx(1 / 0.6, rel=0.05)
+    start_rmsd, refined_rmsd = _rmsd_px(c["start"], c, sf_table), _rmsd_px(res.still(c["start"]), c, sf_table)
+    assert start_rmsd > 0.3 and refined_rmsd <= 0.15
+    assert res.background[:, 0] == pytest.approx(0.5, abs=0.3)
+
+
+def test_without_a_reference_cell_the_cell_absorbs_the_energy(noisy_still, sf_table):
+    """A still fixes only cell / wavelength: without a reference the energy stays and the cell takes the shift."""
+    c = noisy_still
+    boxes = Shoeboxes.around(c["counts"], None, np.column_stack([c["truth"].x_px, c["truth"].y_px])[c["strong"]], 4)
+    res = refine_still(c["start"], c["det"], sf_table, boxes, NoiseModel(1.0, 0.5), "P 43 21 2")
+    assert res.converged and not res.energy_refined and res.energy_factor == 1.0
+    ratio = [x / y for x, y in zip(res.cell[:3], CELL[:3])]
+    assert ratio == pytest.approx([1 + 4e-4] * 3, abs=1e-4)  # lengths scale with the start's wavelength
+    assert _misorientation_deg(res.A_matrix, c["U"] @ c["B"]) <= 0.01
+
+
+def test_bad_input_is_reported_not_raised(noisy_still, sf_table):
+    c = noisy_still
+    noise = NoiseModel(1.0, 0.5)
+    none = Shoeboxes.around(c["counts"], None, np.zeros((0, 2)))
+    res = refine_still(c["start"], c["det"], sf_table, none, noise, "P 43 21 2")
+    assert not res.converged and "no shoebox pixels" in res.message and res.pixels == 0
+    nan = np.full_like(c["counts"], np.nan)
+    centres = np.column_stack([c["truth"].x_px, c["truth"].y_px])[c["strong"]]
+    assert Shoeboxes.around(nan, None, centres).n_boxes == 0  # non-finite pixels are never fitted
+    masked = np.zeros(c["counts"].shape, bool)
+    masked[:, :256] = True
+    half = Shoeboxes.around(c["counts"], masked, centres, 4)
+    assert 0 < half.n_boxes < len(centres) and np.all(half.fast_px >= 256)
+    short = refine_still(c["start"], c["det"], sf_table, half, noise, "P 43 21 2",
+                         RefineSettings(max_rounds=1, iterations_per_round=2))
+    assert not short.converged and "did not converge" in short.message and short.iterations > 0
+    with pytest.raises(ValueError, match="adu_per_photon"):
+        NoiseModel(0.0, 1.0)
+    with pytest.raises(ValueError, match="reference_cell"):
+        refine_still(c["start"], c["det"], sf_table, half, noise, "P 43 21 2", reference_cell=(1.0, 2.0))
