@@ -14,7 +14,7 @@ N(0, sigma_read), taken as the shifted Poisson x + s^2 ~ Poisson(lambda + s^2) w
 s = sigma_read / gain (same mean and variance; exact as sigma_read -> 0), over the shoebox pixels, untrusted and
 non-finite pixels excluded. Bounded parameters (p = p0 + bound tanh(sigma raw / bound)), L-BFGS with a strong
 Wolfe line search in stages (scale and background; then orientation, Ncells and energy; then everything), each
-stage run in rounds until the likelihood stops changing and the gradient is small. A still that does not
+stage run in rounds of L-BFGS iterations until a round lowers the summed NLL by less than 0.01. A still that does not
 converge, or has no pixels to fit, is reported in the result (``converged``, ``message``), never dropped.
 """
 
@@ -113,8 +113,9 @@ class RefineSettings:
     refine_energy: bool = True
     max_rounds: int = 25  # L-BFGS restarts per stage
     iterations_per_round: int = 20
-    rel_tolerance: float = 1e-8  # stop a stage when the mean NLL changes less than this (relative) in a round
-    grad_tolerance: float = 1e-3  # ... and no raw parameter's gradient exceeds this (raw units: ~sigma)
+    # a stage stops when a round lowers the NLL (summed over the pixels) by less than this: a hundredth of a unit
+    # of log-likelihood, far below what the data can tell apart
+    nll_tolerance: float = 0.01
     rotation_bound_deg: float = 1.0
     cell_bound_rel: float = 0.05
     ncells_bound_factor: float = 4.0
@@ -220,6 +221,7 @@ def refine_still(start: Still, panel: Panel, structure_factors: StructureFactorT
     counts = torch.as_tensor(boxes.counts_adu, dtype=dt, device=device)
     box = torch.as_tensor(boxes.box, device=device)
     centres = torch.as_tensor(boxes.centres_px, dtype=dt, device=device)
+    n_pixels = len(boxes.fast_px)
     dx = fast.to(dt) + 0.5 - centres[box, 0]
     dy = slow.to(dt) + 0.5 - centres[box, 1]
 
@@ -251,8 +253,12 @@ def refine_still(start: Still, panel: Panel, structure_factors: StructureFactorT
 
     def model_still() -> TorchStill:
         A = rotation(p["rotation"].value()) @ U0 @ b_matrix(constraints.cell(cell_free()))
-        return replace(ts0, A=A, ncells=ts0.ncells * torch.exp(p["ncells"].value()),
-                       kappa=kappa0 * torch.exp(p["energy"].value()), scale=ts0.scale * torch.exp(p["scale"].value()))
+        log_n = p["ncells"].value()
+        # "scale" is the integrated intensity's (a spot's photons go as scale x Na Nb Nc): the crystal's size then
+        # changes the spots' shape, not their photons, and the two do not trade along a narrow valley
+        log_volume = log_n.sum() * (3.0 / log_n.numel())
+        return replace(ts0, A=A, ncells=ts0.ncells * torch.exp(log_n), kappa=kappa0 * torch.exp(p["energy"].value()),
+                       scale=ts0.scale * torch.exp(p["scale"].value() - log_volume))
 
     def background() -> torch.Tensor:
         c = p["background"].value()
@@ -274,8 +280,7 @@ def refine_still(start: Still, panel: Panel, structure_factors: StructureFactorT
         fixed_bragg = None
         if set(names) <= {"scale", "background"}:  # the Bragg model does not move: compute it once
             with torch.no_grad():
-                p_scale = p["scale"].value()
-                fixed_bragg = expected_photons(model_still(), f2, fast, slow) / torch.exp(p_scale)
+                fixed_bragg = expected_photons(model_still(), f2, fast, slow) / torch.exp(p["scale"].value())
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=settings.iterations_per_round, history_size=20,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15)
 
@@ -294,8 +299,7 @@ def refine_still(start: Still, panel: Panel, structure_factors: StructureFactorT
             if not math.isfinite(loss_value):
                 break
             grad = max(float(q.grad.abs().max()) for q in params if q.grad is not None)
-            if abs(before - loss_value) <= settings.rel_tolerance * max(abs(loss_value), 1.0) \
-                    and grad <= settings.grad_tolerance:
+            if abs(before - loss_value) * n_pixels <= settings.nll_tolerance:
                 stage_ok = True
                 break
         n_iter = int(opt.state[params[0]].get("n_iter", 0))
@@ -307,15 +311,15 @@ def refine_still(start: Still, panel: Panel, structure_factors: StructureFactorT
         if not stage_ok:
             converged = False
             message = (f"stage {'+'.join(names)} did not converge in {settings.max_rounds} rounds of "
-                       f"{settings.iterations_per_round} L-BFGS iterations (last change "
-                       f"{abs(before - loss_value):.3g}, largest gradient {grad:.3g})")
+                       f"{settings.iterations_per_round} L-BFGS iterations (the last round changed the NLL by "
+                       f"{abs(before - loss_value) * n_pixels:.3g}, largest gradient {grad:.3g})")
     with torch.no_grad():
         ts = model_still()
         nll_final = float(loss_of(expected_photons(ts, f2, fast, slow)))
         cell = tuple(float(v) for v in constraints.cell(cell_free()))
         ncells = tuple(float(v) for v in ts.ncells.cpu().numpy())
         return result(message, A_matrix=ts.A.cpu().numpy(), cell=cell, ncells=ncells,
-                      scale_factor=float(torch.exp(p["scale"].value())),
+                      scale_factor=float(ts.scale / ts0.scale),
                       energy_factor=float(torch.exp(p["energy"].value())) / scale_to_reference,
                       background=p["background"].value().cpu().numpy(), nll_start=nll_start, nll_final=nll_final,
                       iterations=int(iterations), converged=converged, energy_refined=refine_energy, stages=log)
