@@ -170,7 +170,7 @@ def test_refinement_recovers_orientation_cell_size_scale_and_energy(noisy_still,
     assert res.scale_factor == pytest.approx(1 / 0.6, rel=0.05)
     start_rmsd, refined_rmsd = _rmsd_px(c["start"], c, sf_table), _rmsd_px(res.still(c["start"]), c, sf_table)
     assert start_rmsd > 0.3 and refined_rmsd <= 0.15
-    assert res.background[:, 0] == pytest.approx(0.5, abs=0.3)
+    assert float(np.median(res.background[:, 0])) == pytest.approx(0.5, abs=0.1)  # the 0.5 photons put under it
 
 
 def test_without_a_reference_cell_the_cell_absorbs_the_energy(noisy_still, sf_table):
@@ -198,7 +198,7 @@ def test_bad_input_is_reported_not_raised(noisy_still, sf_table):
     half = Shoeboxes.around(c["counts"], masked, centres, 4)
     assert 0 < half.n_boxes < len(centres) and np.all(half.fast_px >= 256)
     short = refine_still(c["start"], c["det"], sf_table, half, noise, "P 43 21 2",
-                         RefineSettings(max_rounds=1, iterations_per_round=2))
+                         RefineSettings(max_rounds=1, iterations_per_round=1, nll_tolerance=1e-12))
     assert not short.converged and "did not converge" in short.message and short.iterations > 0
     with pytest.raises(ValueError, match="adu_per_photon"):
         NoiseModel(0.0, 1.0)

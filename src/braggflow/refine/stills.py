@@ -14,7 +14,8 @@ N(0, sigma_read), taken as the shifted Poisson x + s^2 ~ Poisson(lambda + s^2) w
 s = sigma_read / gain (same mean and variance; exact as sigma_read -> 0), over the shoebox pixels, untrusted and
 non-finite pixels excluded. Bounded parameters (p = p0 + bound tanh(sigma raw / bound)), L-BFGS with a strong
 Wolfe line search in stages (scale and background; then orientation, Ncells and energy; then everything), each
-stage run in rounds of L-BFGS iterations until a round lowers the summed NLL by less than 0.01. A still that does not
+stage run in rounds of L-BFGS iterations until a round, or a Newton step, lowers the summed NLL by less
+than 0.01 (raw units are rescaled to unit Fisher information at the start). A still that does not
 converge, or has no pixels to fit, is reported in the result (``converged``, ``message``), never dropped.
 """
 
@@ -48,7 +49,9 @@ class NoiseModel:
     def nll(self, expected_photons: torch.Tensor, counts_adu: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood per pixel (shifted Poisson, without the data-only term)."""
         s2 = (self.readout_noise_adu / self.adu_per_photon) ** 2
-        lam = torch.clamp(expected_photons, min=0.0) + (s2 + 1e-9)
+        # a smooth floor at 0 (softplus, ~1e-3 photons wide): a background plane that dips below zero at a box's
+        # corner keeps a gradient there, where a clamp would leave L-BFGS a kink
+        lam = torch.nn.functional.softplus(expected_photons, beta=1e3) + (s2 + 1e-9)
         x = torch.clamp(counts_adu / self.adu_per_photon + s2, min=0.0)
         return lam - x * torch.log(lam)
 
@@ -113,8 +116,8 @@ class RefineSettings:
     refine_energy: bool = True
     max_rounds: int = 25  # L-BFGS restarts per stage
     iterations_per_round: int = 20
-    # a stage stops when a round lowers the NLL (summed over the pixels) by less than this: a hundredth of a unit
-    # of log-likelihood, far below what the data can tell apart
+    # a stage stops when a round lowers the NLL (summed over the pixels) by less than this, or a Newton step would
+    # (raw units of about one standard error): a hundredth of a unit of log-likelihood, below what data tell apart
     nll_tolerance: float = 0.01
     rotation_bound_deg: float = 1.0
     cell_bound_rel: float = 0.05
@@ -173,6 +176,215 @@ def _orthonormal(m: np.ndarray) -> np.ndarray:
     return r if np.linalg.det(r) > 0 else u @ np.diag([1, 1, -1]) @ vt
 
 
+def _minimise(params: list[torch.Tensor], loss_fn, settings: RefineSettings, n_pixels: int
+              ) -> tuple[float, int, bool, str]:
+    """L-BFGS (strong Wolfe) on ``params`` in rounds until a round lowers the summed NLL (mean ``loss_fn`` x
+    n_pixels) by less than settings.nll_tolerance: (loss, iterations, converged, why not)."""
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=settings.iterations_per_round, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        loss_value = float(loss_fn())
+    before, grad = loss_value, math.inf
+    for _ in range(settings.max_rounds):
+        before = loss_value
+        opt.step(closure)  # returns the loss at the round's start: evaluate where it ended
+        with torch.no_grad():
+            loss_value = float(loss_fn())
+        if not math.isfinite(loss_value):
+            return loss_value, int(opt.state[params[0]].get("n_iter", 0)), False, "the likelihood became non-finite"
+        grad = max(float(q.grad.abs().max()) for q in params if q.grad is not None)
+        # the raw units have about unit curvature (standard errors): 1/2 |summed gradient|^2 is about what a
+        # Newton step would still gain
+        gain = 0.5 * sum(float((q.grad * n_pixels).square().sum()) for q in params if q.grad is not None)
+        if min(abs(before - loss_value) * n_pixels, gain) <= settings.nll_tolerance:
+            return loss_value, int(opt.state[params[0]].get("n_iter", 0)), True, ""
+    return loss_value, int(opt.state[params[0]].get("n_iter", 0)), False, (
+        f"did not converge in {settings.max_rounds} rounds of {settings.iterations_per_round} L-BFGS iterations "
+        f"(the last round changed the NLL by {abs(before - loss_value) * n_pixels:.3g}, largest gradient "
+        f"{grad:.3g})")
+
+
+class _StillProblem:
+    """One still's parameters, its shoebox pixels and its likelihood; the panel's origin can be moved (the
+    detector refinement's shared parameters)."""
+
+    def __init__(self, start: Still, panel: Panel, structure_factors: StructureFactorTable | F2Table,
+                 boxes: Shoeboxes, noise: NoiseModel, space_group: str, settings: RefineSettings,
+                 reference_cell: tuple[float, ...] | None, device: str | None):
+        self.start, self.boxes, self.noise, self.settings = start, boxes, noise, settings
+        self.cell0 = cell_of_A(np.asarray(start.crystal.A_matrix))
+        self.constraints = CellConstraints.from_space_group(space_group, self.cell0)
+        self.A0 = np.asarray(start.crystal.A_matrix)
+        self.fixed_scale = reference_cell is not None
+        self.refine_energy = settings.refine_energy and self.fixed_scale
+        self.scale_to_reference = 1.0
+        if self.fixed_scale:
+            ref = np.asarray(reference_cell, dtype=float)
+            if ref.shape != (6,) or not np.all(np.isfinite(ref)) or np.any(ref[:3] <= 0):
+                raise ValueError(f"reference_cell must be (a, b, c, alpha, beta, gamma), got {reference_cell!r}")
+            self.scale_to_reference = float(np.prod(ref[:3]) / np.prod(self.cell0[:3])) ** (1 / 3)
+        self.n_pixels = len(boxes.fast_px)
+        self.error = ""
+        if self.n_pixels == 0:
+            self.error = "no shoebox pixels to fit (no strong spots, or every pixel untrusted)"
+        elif not np.all(np.isfinite(boxes.counts_adu)):
+            self.error = "shoebox counts are not finite"
+        if self.error:
+            return
+        dt = self.dt = torch.float64
+        self.ts0 = torch_still(start, panel, dt, device)
+        self.f2 = (structure_factors if isinstance(structure_factors, F2Table)
+                   else F2Table.from_table(structure_factors, dt, device))
+        c = self.constraints
+        free0 = c.scaled(c.free(self.cell0), self.scale_to_reference)
+        self.mult = torch.as_tensor(c.length_multiplicity, dtype=dt, device=device)
+        self.is_length = self.mult > 0
+        self.shape_params = int((~self.is_length).sum()) + max(int(self.is_length.sum())
+                                                               - (1 if self.fixed_scale else 0), 0)
+        B0 = b_matrix(c.cell(torch.as_tensor(free0, dtype=dt)))
+        self.U0 = torch.as_tensor(_orthonormal(self.A0 @ np.linalg.inv(B0.detach().numpy())), dtype=dt,
+                                  device=device)
+        self.fast = torch.as_tensor(boxes.fast_px, device=device)
+        self.slow = torch.as_tensor(boxes.slow_px, device=device)
+        self.counts = torch.as_tensor(boxes.counts_adu, dtype=dt, device=device)
+        self.box = torch.as_tensor(boxes.box, device=device)
+        centres = torch.as_tensor(boxes.centres_px, dtype=dt, device=device)
+        self.dx = self.fast.to(dt) + 0.5 - centres[self.box, 0]
+        self.dy = self.slow.to(dt) + 0.5 - centres[self.box, 1]
+        # background start: each box's lowest quartile of photons (the spot sits on top of it)
+        photons = boxes.counts_adu / noise.adu_per_photon
+        bg0 = np.array([max(float(np.percentile(photons[boxes.box == b], 25)), 1e-3) for b in range(boxes.n_boxes)])
+        # raw units of about one standard error of each coefficient (Poisson: var(mean) = bg / n, var(slope) =
+        # bg / sum dx^2), so that no direction of the likelihood is much flatter than another for L-BFGS
+        var = np.maximum(bg0, 0.1) + (noise.readout_noise_adu / noise.adu_per_photon) ** 2
+        n_box = np.bincount(boxes.box, minlength=boxes.n_boxes)
+        dx_np = boxes.fast_px + 0.5 - boxes.centres_px[boxes.box, 0]
+        dy_np = boxes.slow_px + 0.5 - boxes.centres_px[boxes.box, 1]
+        sxx = np.maximum(np.bincount(boxes.box, dx_np ** 2, boxes.n_boxes), 1.0)
+        syy = np.maximum(np.bincount(boxes.box, dy_np ** 2, boxes.n_boxes), 1.0)
+        bg_sigma = torch.as_tensor(np.sqrt(np.column_stack([var / n_box, var / sxx, var / syy])), dtype=dt,
+                                   device=device)
+        bg_init = torch.zeros((boxes.n_boxes, 3), dtype=dt, device=device)
+        bg_init[:, 0] = torch.as_tensor(bg0, dtype=dt)
+        zero = torch.zeros((), dtype=dt, device=device)
+        self.p = {
+            "scale": _Param(zero, 0.05, math.log(1e3)),
+            "background": _Param(bg_init, bg_sigma),
+            "rotation": _Param(torch.zeros(3, dtype=dt, device=device), 1e-4, math.radians(settings.rotation_bound_deg)),
+            "ncells": _Param(torch.zeros(3 if settings.ncells_per_axis else 1, dtype=dt, device=device), 0.05,
+                             math.log(settings.ncells_bound_factor)),
+            "energy": _Param(zero, 1e-4, settings.energy_bound_rel),
+            "cell": _Param(torch.zeros(len(free0), dtype=dt, device=device), 1e-4, settings.cell_bound_rel),
+        }
+        self.free0 = torch.as_tensor(free0, dtype=dt, device=device)
+        self.kappa0 = self.ts0.kappa / self.scale_to_reference  # the same Bragg angles at the reference's scale
+        self.fixed_bragg: torch.Tensor | None = None
+
+    def stages(self) -> list[tuple[str, ...]]:
+        st = [("scale", "background"), ("scale", "background", "rotation", "ncells")
+              + (("energy",) if self.refine_energy else ())]
+        if self.settings.refine_cell and self.shape_params > 0:
+            st.append(st[-1] + ("cell",))
+        return st
+
+    def cell_free(self) -> torch.Tensor:
+        d = self.p["cell"].value()
+        if self.fixed_scale:  # hold the geometric mean of a, b, c: take the scale out of the length changes
+            d = torch.where(self.is_length, d - (self.mult * d).sum() / self.mult.sum(), d)
+        return torch.where(self.is_length, self.free0 * torch.exp(d), self.free0 * (1 + d))
+
+    def model_still(self, origin_mm: torch.Tensor | None = None) -> TorchStill:
+        p = self.p
+        A = rotation(p["rotation"].value()) @ self.U0 @ b_matrix(self.constraints.cell(self.cell_free()))
+        log_n = p["ncells"].value()
+        # "scale" is the integrated intensity's (a spot's photons go as scale x Na Nb Nc): the crystal's size then
+        # changes the spots' shape, not their photons, and the two do not trade along a narrow valley
+        log_volume = log_n.sum() * (3.0 / log_n.numel())
+        return replace(self.ts0, A=A, ncells=self.ts0.ncells * torch.exp(log_n),
+                       kappa=self.kappa0 * torch.exp(p["energy"].value()),
+                       scale=self.ts0.scale * torch.exp(p["scale"].value() - log_volume),
+                       origin_mm=self.ts0.origin_mm if origin_mm is None else origin_mm)
+
+    def bragg(self, origin_mm: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fixed_bragg is not None:  # only scale and background move: the model's shape is fixed
+            return self.fixed_bragg * torch.exp(self.p["scale"].value())
+        return expected_photons(self.model_still(origin_mm), self.f2, self.fast, self.slow)
+
+    def freeze_bragg(self, origin_mm: torch.Tensor | None = None) -> None:
+        with torch.no_grad():
+            self.fixed_bragg = None
+            self.fixed_bragg = self.bragg(origin_mm) / torch.exp(self.p["scale"].value())
+
+    def loss(self, origin_mm: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean NLL over the shoebox pixels."""
+        c = self.p["background"].value()
+        background = c[self.box, 0] + c[self.box, 1] * self.dx + c[self.box, 2] * self.dy
+        return self.noise.nll(self.bragg(origin_mm) + background, self.counts).mean()
+
+    def precondition(self, names=("scale", "rotation", "ncells", "energy", "cell")) -> None:
+        """Rescale the raw units of the crystal's parameters so that each has unit Fisher information at the
+        start, sum over pixels of (d lambda / d raw)^2 / lambda (the background's units are its standard errors
+        already): L-BFGS then sees no direction much flatter than another. Central differences, raw = 0."""
+        with torch.no_grad():
+            c = self.p["background"].value()
+            lam = torch.clamp(self.bragg() + c[self.box, 0] + c[self.box, 1] * self.dx + c[self.box, 2] * self.dy,
+                              min=1e-3) + (self.noise.readout_noise_adu / self.noise.adu_per_photon) ** 2
+            for name in names:
+                q = self.p[name]
+                info = torch.zeros_like(q.raw)
+                for j in range(q.raw.numel()):
+                    parts = []
+                    for step in (1.0, -1.0):
+                        q.raw.view(-1)[j] = step
+                        parts.append(self.bragg())
+                    q.raw.view(-1)[j] = 0.0
+                    info.view(-1)[j] = (((parts[0] - parts[1]) / 2.0) ** 2 / lam).sum()
+                sigma = torch.as_tensor(q.sigma, dtype=self.dt) * torch.ones_like(q.raw)
+                good = info > 1e-12
+                q.sigma = torch.where(good, sigma / torch.sqrt(torch.where(good, info, torch.ones_like(info))), sigma)
+
+    def fit_alone(self) -> tuple[int, bool, str, list[dict]]:
+        """The stages on this still alone: (iterations, converged, message, per-stage log)."""
+        iterations, log = 0, []
+        self.precondition()
+        for names in self.stages():
+            if set(names) <= {"scale", "background"}:
+                self.freeze_bragg()
+            loss, n_iter, ok, why = _minimise([self.p[n].raw for n in names], self.loss, self.settings,
+                                              self.n_pixels)
+            self.fixed_bragg = None
+            iterations += n_iter
+            log.append({"parameters": list(names), "iterations": n_iter, "nll": loss, "converged": ok})
+            if not ok:
+                return iterations, False, f"stage {'+'.join(names)} {why}", log
+        return iterations, True, "converged", log
+
+    def result(self, message: str, converged: bool = False, nll_start: float = math.nan, iterations: int = 0,
+               log: list[dict] | None = None, origin_mm: torch.Tensor | None = None) -> RefinedStill:
+        base = dict(A_matrix=self.A0, cell=self.cell0, ncells=tuple(self.start.crystal.ncells), scale_factor=1.0,
+                    energy_factor=1.0, background=np.zeros((self.boxes.n_boxes, 3)), nll_start=nll_start,
+                    nll_final=math.nan, iterations=iterations, converged=converged, message=message,
+                    pixels=self.n_pixels, shoeboxes=self.boxes.n_boxes, stages=log or [])
+        if self.error:
+            return RefinedStill(**base)
+        with torch.no_grad():
+            ts = self.model_still(origin_mm)
+            base.update(
+                A_matrix=ts.A.cpu().numpy(), cell=tuple(float(v) for v in self.constraints.cell(self.cell_free())),
+                ncells=tuple(float(v) for v in ts.ncells.cpu().numpy()), scale_factor=float(ts.scale / self.ts0.scale),
+                energy_factor=float(torch.exp(self.p["energy"].value())) / self.scale_to_reference,
+                background=self.p["background"].value().cpu().numpy(),
+                nll_final=float(self.loss(origin_mm)) * self.n_pixels, energy_refined=self.refine_energy)
+        return RefinedStill(**base)
+
+
 def refine_still(start: Still, panel: Panel, structure_factors: StructureFactorTable, boxes: Shoeboxes,
                  noise: NoiseModel, space_group: str, settings: RefineSettings = RefineSettings(),
                  reference_cell: tuple[float, ...] | None = None, device: str | None = None) -> RefinedStill:
@@ -183,143 +395,89 @@ def refine_still(start: Still, panel: Panel, structure_factors: StructureFactorT
     the photon energy is refined only against a ``reference_cell`` (the dataset's, or the structure's): the
     start's cell is brought to the reference's scale (the geometric mean of a, b, c; its energy moved with it, so
     its predictions stay), and then the cell's shape and the energy are refined, its scale held. Without one the
-    whole cell is refined at the start's energy."""
-    cell0 = cell_of_A(np.asarray(start.crystal.A_matrix))
-    constraints = CellConstraints.from_space_group(space_group, cell0)
-    A0 = np.asarray(start.crystal.A_matrix)
-    fixed_scale = reference_cell is not None
-    refine_energy = settings.refine_energy and fixed_scale
-    scale_to_reference = 1.0
-    if fixed_scale:
-        ref = np.asarray(reference_cell, dtype=float)
-        if ref.shape != (6,) or not np.all(np.isfinite(ref)) or np.any(ref[:3] <= 0):
-            raise ValueError(f"reference_cell must be (a, b, c, alpha, beta, gamma), got {reference_cell!r}")
-        scale_to_reference = float(np.prod(ref[:3]) / np.prod(cell0[:3])) ** (1 / 3)
+    whole cell is refined at the start's energy. NLLs in the result are summed over the shoebox pixels."""
+    prob = _StillProblem(start, panel, structure_factors, boxes, noise, space_group, settings, reference_cell, device)
+    if prob.error:
+        return prob.result(prob.error)
+    with torch.no_grad():
+        nll_start = float(prob.loss()) * prob.n_pixels
+    iterations, ok, message, log = prob.fit_alone()
+    return prob.result(message, ok, nll_start, iterations, log)
 
-    def result(msg: str, **kw) -> RefinedStill:
-        base = dict(A_matrix=A0, cell=cell0, ncells=tuple(start.crystal.ncells), scale_factor=1.0, energy_factor=1.0,
-                    background=np.zeros((boxes.n_boxes, 3)), nll_start=math.nan, nll_final=math.nan, iterations=0,
-                    converged=False, message=msg, pixels=len(boxes.fast_px), shoeboxes=boxes.n_boxes)
-        return RefinedStill(**{**base, **kw})
 
-    if len(boxes.fast_px) == 0:
-        return result("no shoebox pixels to fit (no strong spots, or every pixel untrusted)")
-    if not np.all(np.isfinite(boxes.counts_adu)):
-        return result("shoebox counts are not finite")
+@dataclass
+class RefinedDetector:
+    """The panel refined across the stills of a dataset (its distance and beam centre), with each still's model."""
 
+    panel: Panel
+    distance_shift_mm: float  # along the panel normal, away from the sample
+    beam_shift_px: tuple[float, float]  # (fast, slow): where the direct beam now meets the panel, minus before
+    stills: list[RefinedStill]
+    nll_start: float
+    nll_final: float
+    iterations: int
+    converged: bool
+    message: str
+
+
+def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
+                    structure_factors: StructureFactorTable, noise: NoiseModel, space_group: str,
+                    settings: RefineSettings = RefineSettings(refine_cell=False, refine_energy=False),
+                    reference_cell: tuple[float, ...] | None = None, device: str | None = None,
+                    distance_bound_mm: float = 5.0, beam_bound_px: float = 10.0) -> RefinedDetector:
+    """Refine the panel's distance and beam centre, shared by every still, together with each still's own
+    parameters (diffBragg's geometry refiner): each still is first refined alone on the starting panel (its
+    stages), then everything at once by the summed likelihood. A still without pixels to fit is kept in the
+    result with its message and left out of the fit."""
+    if len(starts) != len(boxes):
+        raise ValueError(f"{len(starts)} stills but {len(boxes)} sets of shoeboxes")
     dt = torch.float64
-    ts0 = torch_still(start, panel, dt, device)
     f2 = F2Table.from_table(structure_factors, dt, device)
-    free0 = constraints.scaled(constraints.free(cell0), scale_to_reference)
-    mult = torch.as_tensor(constraints.length_multiplicity, dtype=dt, device=device)
-    is_length = mult > 0
-    shape_params = int((~is_length).sum()) + max(int(is_length.sum()) - (1 if fixed_scale else 0), 0)
-    B0 = b_matrix(constraints.cell(torch.as_tensor(free0, dtype=dt)))
-    U0 = torch.as_tensor(_orthonormal(A0 @ np.linalg.inv(B0.detach().numpy())), dtype=dt, device=device)
-    fast = torch.as_tensor(boxes.fast_px, device=device)
-    slow = torch.as_tensor(boxes.slow_px, device=device)
-    counts = torch.as_tensor(boxes.counts_adu, dtype=dt, device=device)
-    box = torch.as_tensor(boxes.box, device=device)
-    centres = torch.as_tensor(boxes.centres_px, dtype=dt, device=device)
-    n_pixels = len(boxes.fast_px)
-    dx = fast.to(dt) + 0.5 - centres[box, 0]
-    dy = slow.to(dt) + 0.5 - centres[box, 1]
+    problems = [_StillProblem(s, panel, f2, b, noise, space_group, settings, reference_cell, device)
+                for s, b in zip(starts, boxes)]
+    live = [q for q in problems if not q.error]
+    if not live:
+        return RefinedDetector(panel, 0.0, (0.0, 0.0), [q.result(q.error) for q in problems], math.nan, math.nan,
+                               0, False, "no still has shoebox pixels to fit")
+    n_pixels = sum(q.n_pixels for q in live)
+    origin0 = torch.as_tensor(np.array(panel.origin_mm, dtype=float), dtype=dt, device=device)
+    normal = np.cross(panel.fast_axis, panel.slow_axis)
+    normal = normal / np.linalg.norm(normal) * np.sign(np.dot(panel.origin_mm, normal))  # away from the sample
+    normal_t = torch.as_tensor(normal, dtype=dt, device=device)
+    step_px = torch.as_tensor(np.stack([panel.fast_axis, panel.slow_axis]) * panel.pixel_size_mm, dtype=dt,
+                              device=device)
+    distance = _Param(torch.zeros((), dtype=dt, device=device), 0.01, distance_bound_mm)
+    beam = _Param(torch.zeros(2, dtype=dt, device=device), 0.01, beam_bound_px)
 
-    # background start: each box's lowest quartile of photons (the spot sits on top of it)
-    photons = boxes.counts_adu / noise.adu_per_photon
-    bg0 = np.array([max(float(np.percentile(photons[boxes.box == b], 25)), 1e-3) for b in range(boxes.n_boxes)])
-    bg_sigma = torch.as_tensor(np.maximum(bg0, 0.1), dtype=dt, device=device)[:, None] * torch.tensor(
-        [1.0, 0.1, 0.1], dtype=dt, device=device)
-    bg_init = torch.zeros((boxes.n_boxes, 3), dtype=dt, device=device)
-    bg_init[:, 0] = torch.as_tensor(bg0, dtype=dt)
-    n_axes = 3 if settings.ncells_per_axis else 1
-    p = {
-        "scale": _Param(torch.zeros((), dtype=dt, device=device), 0.05, math.log(1e3)),
-        "background": _Param(bg_init, bg_sigma),
-        "rotation": _Param(torch.zeros(3, dtype=dt, device=device), 1e-4, math.radians(settings.rotation_bound_deg)),
-        "ncells": _Param(torch.zeros(n_axes, dtype=dt, device=device), 0.05, math.log(settings.ncells_bound_factor)),
-        "energy": _Param(torch.zeros((), dtype=dt, device=device), 1e-4, settings.energy_bound_rel),
-        "cell": _Param(torch.zeros(len(free0), dtype=dt, device=device), 1e-4, settings.cell_bound_rel),
-    }
-    free0_t = torch.as_tensor(free0, dtype=dt, device=device)
+    def origin() -> torch.Tensor:  # the beam centre moves by +b px where the panel moves by -b px
+        return origin0 + distance.value() * normal_t - beam.value() @ step_px
 
-    kappa0 = ts0.kappa / scale_to_reference  # the same Bragg angles with the cell at the reference's scale
-
-    def cell_free() -> torch.Tensor:
-        d = p["cell"].value()
-        if fixed_scale:  # hold the geometric mean of a, b, c: take the scale out of the length changes
-            d = torch.where(is_length, d - (mult * d).sum() / mult.sum(), d)
-        return torch.where(is_length, free0_t * torch.exp(d), free0_t * (1 + d))
-
-    def model_still() -> TorchStill:
-        A = rotation(p["rotation"].value()) @ U0 @ b_matrix(constraints.cell(cell_free()))
-        log_n = p["ncells"].value()
-        # "scale" is the integrated intensity's (a spot's photons go as scale x Na Nb Nc): the crystal's size then
-        # changes the spots' shape, not their photons, and the two do not trade along a narrow valley
-        log_volume = log_n.sum() * (3.0 / log_n.numel())
-        return replace(ts0, A=A, ncells=ts0.ncells * torch.exp(log_n), kappa=kappa0 * torch.exp(p["energy"].value()),
-                       scale=ts0.scale * torch.exp(p["scale"].value() - log_volume))
-
-    def background() -> torch.Tensor:
-        c = p["background"].value()
-        return c[box, 0] + c[box, 1] * dx + c[box, 2] * dy
-
-    def loss_of(bragg: torch.Tensor) -> torch.Tensor:
-        return noise.nll(bragg + background(), counts).mean()
+    def total() -> torch.Tensor:
+        o = origin()
+        return sum(q.loss(o) * q.n_pixels for q in live) / n_pixels
 
     with torch.no_grad():
-        nll_start = float(loss_of(expected_photons(model_still(), f2, fast, slow)))
-    stages = [("scale", "background"), ("scale", "background", "rotation", "ncells")
-              + (("energy",) if refine_energy else ())]
-    if settings.refine_cell and shape_params > 0:
-        stages.append(stages[-1] + ("cell",))
-    iterations, converged, message, log = 0, True, "converged", []
-    loss_value = nll_start
-    for names in stages:
-        params = [p[n].raw for n in names]
-        fixed_bragg = None
-        if set(names) <= {"scale", "background"}:  # the Bragg model does not move: compute it once
-            with torch.no_grad():
-                fixed_bragg = expected_photons(model_still(), f2, fast, slow) / torch.exp(p["scale"].value())
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=settings.iterations_per_round, history_size=20,
-                                line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15)
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            bragg = (fixed_bragg * torch.exp(p["scale"].value()) if fixed_bragg is not None
-                     else expected_photons(model_still(), f2, fast, slow))
-            loss = loss_of(bragg)
-            loss.backward()
-            return loss
-
-        stage_ok, grad, before = False, math.inf, loss_value
-        for _ in range(settings.max_rounds):
-            before = loss_value
-            loss_value = float(opt.step(closure).detach())
-            if not math.isfinite(loss_value):
-                break
-            grad = max(float(q.grad.abs().max()) for q in params if q.grad is not None)
-            if abs(before - loss_value) * n_pixels <= settings.nll_tolerance:
-                stage_ok = True
-                break
-        n_iter = int(opt.state[params[0]].get("n_iter", 0))
+        nll_start = float(total()) * n_pixels
+    iterations, per_still, messages = 0, {}, []
+    for q in live:
+        n_iter, ok, why, log = q.fit_alone()
         iterations += n_iter
-        log.append({"parameters": list(names), "iterations": n_iter, "nll": loss_value, "converged": stage_ok})
-        if not math.isfinite(loss_value):
-            converged, message = False, f"the likelihood became non-finite in stage {'+'.join(names)}"
-            break
-        if not stage_ok:
-            converged = False
-            message = (f"stage {'+'.join(names)} did not converge in {settings.max_rounds} rounds of "
-                       f"{settings.iterations_per_round} L-BFGS iterations (the last round changed the NLL by "
-                       f"{abs(before - loss_value) * n_pixels:.3g}, largest gradient {grad:.3g})")
+        per_still[id(q)] = log
+        if not ok:
+            messages.append(why)
+    joint = [distance.raw, beam.raw] + [q.p[n].raw for q in live for n in q.stages()[-1]]
+    loss, n_iter, ok, why = _minimise(joint, total, settings, n_pixels)
+    iterations += n_iter
     with torch.no_grad():
-        ts = model_still()
-        nll_final = float(loss_of(expected_photons(ts, f2, fast, slow)))
-        cell = tuple(float(v) for v in constraints.cell(cell_free()))
-        ncells = tuple(float(v) for v in ts.ncells.cpu().numpy())
-        return result(message, A_matrix=ts.A.cpu().numpy(), cell=cell, ncells=ncells,
-                      scale_factor=float(ts.scale / ts0.scale),
-                      energy_factor=float(torch.exp(p["energy"].value())) / scale_to_reference,
-                      background=p["background"].value().cpu().numpy(), nll_start=nll_start, nll_final=nll_final,
-                      iterations=int(iterations), converged=converged, energy_refined=refine_energy, stages=log)
+        o = origin()
+        shift = (-beam.value()).cpu().numpy()  # panel moved by -b px: the origin's move in px
+        new_origin = tuple(float(v) for v in o.cpu().numpy())
+        refined_panel = Panel(new_origin, panel.fast_axis, panel.slow_axis, panel.pixel_size_mm, panel.n_fast,
+                              panel.n_slow, panel.pixel_size_slow_mm, panel.name)
+        stills = [q.result(q.error) if q.error else
+                  q.result("converged" if ok else f"joint refinement {why}", ok, math.nan, 0, per_still[id(q)], o)
+                  for q in problems]
+        return RefinedDetector(refined_panel, float(distance.value()), (float(-shift[0]), float(-shift[1])), stills,
+                               nll_start, float(loss) * n_pixels, iterations, ok,
+                               "converged" if ok else f"joint refinement {why}"
+                               + (f"; alone: {'; '.join(messages)}" if messages else ""))
