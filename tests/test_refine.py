@@ -144,6 +144,19 @@ def noisy_still(sf_table):
     return dict(truth_still=truth_still, truth=truth, strong=strong, counts=counts, det=det, start=start, U=U, B=B)
 
 
+def test_model_reproduces_a_simulated_frame_in_its_shoeboxes(noisy_still, sf_table):
+    """The simulate job's own image (screened full average, rel_tol 2e-4) at the pixels a refinement fits."""
+    c = noisy_still
+    boxes = Shoeboxes.around(c["counts"], None, np.column_stack([c["truth"].x_px, c["truth"].y_px])[c["strong"]], 4)
+    frame = simulate_still(c["truth_still"], c["det"], sf_table)
+    model = expected_photons(torch_still(c["truth_still"], c["det"]), F2Table.from_table(sf_table),
+                             torch.as_tensor(boxes.fast_px), torch.as_tensor(boxes.slow_px)).numpy()
+    sim = frame[boxes.slow_px, boxes.fast_px]
+    assert np.abs(model - sim).max() <= 2e-4 * frame.max()  # the screening's own guarantee
+    bright = sim > 1e-3 * frame.max()  # where the screening took the full average: float32 agreement
+    assert bright.sum() > 200 and np.abs(model - sim)[bright].max() <= 1e-6 * frame.max()
+
+
 def _rmsd_px(still, case, sf) -> float:
     t = case["truth"]
     pred = truth_reflections(still, case["det"], sf, image=simulate_still(still, case["det"], sf))
