@@ -104,7 +104,7 @@ def lattice_sq(dh: torch.Tensor, dk: torch.Tensor, dl: torch.Tensor, ts: TorchSt
     if ts.shape == "square":
         out = torch.ones_like(dh)
         for d, n in ((dh, na), (dk, nb), (dl, nc)):
-            if float(n) <= 1.0:
+            if float(n.detach()) <= 1.0:  # nanoBragg skips the axis (its transform is 1 there)
                 continue
             x = math.pi * d
             small = x.abs() < _SMALL_X

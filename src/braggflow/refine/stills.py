@@ -534,8 +534,9 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
             if not math.isfinite(loss):
                 ok, why = False, "the likelihood became non-finite"
                 break
-            moved = max(float((par.value() - par.init).abs().max() / torch.as_tensor(par.sigma).min())
-                        for par in (distance, beam))  # in standard errors (sigma: one at the cycle's start)
+            with torch.no_grad():  # in standard errors (sigma: one at the cycle's start)
+                moved = max(float((par.value() - par.init).abs().max() / torch.as_tensor(par.sigma).min())
+                            for par in (distance, beam))
             if (before - loss) * n_pixels <= settings.nll_tolerance * len(live) or (factor == 1.0 and moved < 0.1):
                 ok = True
                 break
