@@ -30,6 +30,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from simulate import CELL_A, random_sf_table  # noqa: E402
 
+from braggflow.dials import _rotation_angle_deg  # noqa: E402
 from braggflow.draws import random_rotation  # noqa: E402
 from braggflow.refine.cell import rotation  # noqa: E402
 from braggflow.refine.stills import NoiseModel, Shoeboxes, refine_still  # noqa: E402
@@ -43,14 +44,6 @@ WAVELENGTH_A = 12.398419843320026 / 7.0
 def small_rotation(axis, deg: float) -> np.ndarray:
     axis = np.asarray(axis, float)
     return rotation(torch.as_tensor(axis / np.linalg.norm(axis) * math.radians(deg))).numpy()
-
-
-def misorientation_deg(a1: np.ndarray, a2: np.ndarray, b: np.ndarray) -> float:
-    def u(a):
-        x, _, y = np.linalg.svd(a @ np.linalg.inv(b))
-        return x @ y
-    r = u(a1) @ u(a2).T
-    return math.degrees(math.acos(np.clip((np.trace(r) - 1) / 2, -1, 1)))
 
 
 def main() -> None:
@@ -88,7 +81,7 @@ def main() -> None:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         row = {"spots": boxes.n_boxes, "pixels": res.pixels, "cpu_s": cpu, "wall_s": wall,
                "iterations": res.iterations, "converged": res.converged,
-               "misorientation_deg": misorientation_deg(res.A_matrix, u @ b, b),
+               "misorientation_deg": _rotation_angle_deg(res.A_matrix @ np.linalg.inv(u @ b)),
                "cell_error_rel": max(abs(x / y - 1) for x, y in zip(res.cell[:3], CELL[:3])),
                "ncells": res.ncells[0], "energy_error_rel": res.energy_factor - (1 + 4e-4)}
         rows.append(row)

@@ -10,6 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from braggflow.dials import _rotation_angle_deg  # noqa: E402
+from braggflow.draws import random_rotation  # noqa: E402
 from braggflow.refine.cell import CellConstraints, b_matrix, cell_of_A, rotation  # noqa: E402
 from braggflow.refine.model import F2Table, expected_photons, torch_still  # noqa: E402
 from braggflow.refine.stills import NoiseModel, RefineSettings, Shoeboxes, refine_still  # noqa: E402
@@ -104,44 +106,39 @@ def _small_rotation(axis, deg: float) -> np.ndarray:
 
 
 def _misorientation_deg(A1: np.ndarray, A2: np.ndarray) -> float:
-    b = gemmi_b_matrix(CELL)
+    return _rotation_angle_deg(A1 @ np.linalg.inv(A2))
 
-    def u(a):
-        x, _, y = np.linalg.svd(a @ np.linalg.inv(b))
-        return x @ y
 
-    r = u(A1) @ u(A2).T
-    return math.degrees(math.acos(np.clip((np.trace(r) - 1) / 2, -1, 1)))
+LAMBDAS_A = 1.3 * np.array([0.999, 1.0, 1.001])
+
+
+def _simulated_still(U: np.ndarray, rng: np.random.Generator, det: Panel, sf):
+    """A default-config-like still of orientation U (round transform, N = 40, 3 sources over 0.2 %, 3 domains of
+    0.05 deg drawn from rng, Kahn 0.99) on ``det``, and its counts (gain 1, 0.5 ADU readout noise on 0.5 photons
+    of background): (still, truth table, counts, reflections above 20 photons)."""
+    mosaic = np.array([np.eye(3)] + [_small_rotation(rng.standard_normal(3), 0.05) for _ in range(2)])
+    still = Still(Crystal(U @ gemmi_b_matrix(CELL), ncells=(40, 40, 40), shape="round", mosaic_umats=mosaic),
+                  Pulse(LAMBDAS_A, fluence_photons_per_m2=3e25, kahn_factor=0.99), Numerics())
+    image = simulate_still(still, det, sf)
+    truth = truth_reflections(still, det, sf, image=image)
+    counts = rng.poisson(image + 0.5) + rng.normal(0.0, 0.5, image.shape)
+    return still, truth, counts, truth.photons > 20
 
 
 @pytest.fixture(scope="module")
 def noisy_still(sf_table):
-    """A default-config-like still (round transform, N = 40, 3 sources over 0.2 %, 3 domains of 0.05 deg, Kahn
-    0.99) on a 512 x 512 detector, counts with gain 1 and 0.5 ADU readout noise on 0.5 photons of background;
-    and a DIALS-like start: 0.08 deg off, cell 0.2 % long in a and 0.1 % short in c, N 30, fluence x 0.6, the
-    energy 4e-4 off."""
+    """``_simulated_still`` on a 512 x 512 detector, and a DIALS-like start: 0.08 deg off, cell 0.2 % long in a and
+    0.1 % short in c, N 30, fluence x 0.6, the energy 4e-4 off."""
     rng = np.random.default_rng(5)
-    q = rng.standard_normal(4)
-    q /= np.linalg.norm(q)
-    a, b, c, d = q
-    U = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-                  [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
-                  [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d]])
-    B = gemmi_b_matrix(CELL)
-    mosaic = np.array([np.eye(3)] + [_small_rotation(rng.standard_normal(3), 0.05) for _ in range(2)])
-    lam = 1.3 * np.array([0.999, 1.0, 1.001])
+    U = random_rotation(rng)
     det = Panel.from_beam_center(100.0, (256, 256), 0.1, 512, 512)
-    truth_still = Still(Crystal(U @ B, ncells=(40, 40, 40), shape="round", mosaic_umats=mosaic),
-                        Pulse(lam, fluence_photons_per_m2=3e25, kahn_factor=0.99), Numerics())
-    image = simulate_still(truth_still, det, sf_table)
-    truth = truth_reflections(truth_still, det, sf_table, image=image)
-    counts = rng.poisson(image + 0.5) + rng.normal(0.0, 0.5, image.shape)
-    strong = truth.photons > 20
+    truth_still, truth, counts, strong = _simulated_still(U, rng, det, sf_table)
     start_B = gemmi_b_matrix((CELL[0] * 1.002, CELL[1] * 1.002, CELL[2] * 0.999, 90, 90, 90))
     start = Still(Crystal(_small_rotation([0.3, -0.5, 0.8], 0.08) @ U @ start_B, ncells=(30, 30, 30), shape="round",
-                          mosaic_umats=mosaic),
-                  Pulse(lam * (1 + 4e-4), fluence_photons_per_m2=0.6 * 3e25, kahn_factor=0.99), Numerics())
-    return dict(truth_still=truth_still, truth=truth, strong=strong, counts=counts, det=det, start=start, U=U, B=B)
+                          mosaic_umats=truth_still.crystal.mosaic_umats),
+                  Pulse(LAMBDAS_A * (1 + 4e-4), fluence_photons_per_m2=0.6 * 3e25, kahn_factor=0.99), Numerics())
+    return dict(truth_still=truth_still, truth=truth, strong=strong, counts=counts, det=det, start=start, U=U,
+                B=gemmi_b_matrix(CELL))
 
 
 def test_model_reproduces_a_simulated_frame_in_its_shoeboxes(noisy_still, sf_table):
@@ -226,23 +223,15 @@ def test_detector_refinement_recovers_distance_and_beam_centre(sf_table):
 
     true_panel = Panel.from_beam_center(100.0, (256, 256), 0.1, 512, 512)
     model_panel = Panel.from_beam_center(101.0, (256 + 1.5, 256 - 1.3), 0.1, 512, 512)
-    B = gemmi_b_matrix(CELL)
-    lam = 1.3 * np.array([0.999, 1.0, 1.001])
     starts, boxes = [], []
     for seed in range(3):
         rng = np.random.default_rng(100 + seed)
         U = _small_rotation(rng.standard_normal(3), float(rng.uniform(0, 180)))
-        mosaic = np.array([np.eye(3)] + [_small_rotation(rng.standard_normal(3), 0.05) for _ in range(2)])
-        truth = Still(Crystal(U @ B, ncells=(40, 40, 40), shape="round", mosaic_umats=mosaic),
-                      Pulse(lam, fluence_photons_per_m2=3e25, kahn_factor=0.99), Numerics())
-        image = simulate_still(truth, true_panel, sf_table)
-        refl = truth_reflections(truth, true_panel, sf_table, image=image)
-        counts = rng.poisson(image + 0.5) + rng.normal(0.0, 0.5, image.shape)
-        strong = refl.photons > 20
+        truth, refl, counts, strong = _simulated_still(U, rng, true_panel, sf_table)
         boxes.append(Shoeboxes.around(counts, None, np.column_stack([refl.x_px, refl.y_px])[strong], 5))
-        starts.append(Still(Crystal(_small_rotation(rng.standard_normal(3), 0.02) @ U @ B, ncells=(35, 35, 35),
-                                    shape="round", mosaic_umats=mosaic),
-                            Pulse(lam, fluence_photons_per_m2=2e25, kahn_factor=0.99), Numerics()))
+        starts.append(Still(Crystal(_small_rotation(rng.standard_normal(3), 0.02) @ U @ gemmi_b_matrix(CELL),
+                                    ncells=(35, 35, 35), shape="round", mosaic_umats=truth.crystal.mosaic_umats),
+                            Pulse(LAMBDAS_A, fluence_photons_per_m2=2e25, kahn_factor=0.99), Numerics()))
     res = refine_detector(starts, boxes, model_panel, sf_table, NoiseModel(1.0, 0.5), "P 43 21 2")
     assert res.converged, res.message
     assert res.nll_final < res.nll_start

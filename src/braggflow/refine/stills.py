@@ -137,6 +137,29 @@ class _Param:
             return self.init + self.sigma * self.raw
         return self.init + self.bound * torch.tanh(self.sigma * self.raw / self.bound)
 
+    def recentre(self) -> None:
+        """Start again from the current value (raw = 0 there)."""
+        self.init, self.raw.data = self.value().detach(), torch.zeros_like(self.raw)
+
+
+def _unit_information(params: list[_Param], predict, lams: list[torch.Tensor]) -> None:
+    """Rescale each raw component of ``params`` (at raw = 0) to unit Fisher information, the sum over pixels of
+    (d lambda / d raw)^2 / lambda, by central differences of ``predict()`` (a list of expected-photon tensors, one
+    per entry of ``lams``); a component the pixels say nothing about keeps its units."""
+    with torch.no_grad():
+        for par in params:
+            info = torch.zeros_like(par.raw)
+            for j in range(par.raw.numel()):
+                parts = []
+                for step in (1.0, -1.0):
+                    par.raw.view(-1)[j] = step
+                    parts.append(predict())
+                par.raw.view(-1)[j] = 0.0
+                info.view(-1)[j] = sum((((a - b) / 2.0) ** 2 / lam).sum() for a, b, lam in zip(*parts, lams))
+            sigma = torch.as_tensor(par.sigma, dtype=par.raw.dtype) * torch.ones_like(par.raw)
+            good = info > 1e-12
+            par.sigma = torch.where(good, sigma / torch.sqrt(torch.where(good, info, torch.ones_like(info))), sigma)
+
 
 @dataclass
 class RefinedStill:
@@ -338,19 +361,7 @@ class _StillProblem:
             c = self.p["background"].value()
             lam = torch.clamp(self.bragg(origin_mm) + c[self.box, 0] + c[self.box, 1] * self.dx + c[self.box, 2] * self.dy,
                               min=1e-3) + (self.noise.readout_noise_adu / self.noise.adu_per_photon) ** 2
-            for name in names:
-                q = self.p[name]
-                info = torch.zeros_like(q.raw)
-                for j in range(q.raw.numel()):
-                    parts = []
-                    for step in (1.0, -1.0):
-                        q.raw.view(-1)[j] = step
-                        parts.append(self.bragg(origin_mm))
-                    q.raw.view(-1)[j] = 0.0
-                    info.view(-1)[j] = (((parts[0] - parts[1]) / 2.0) ** 2 / lam).sum()
-                sigma = torch.as_tensor(q.sigma, dtype=self.dt) * torch.ones_like(q.raw)
-                good = info > 1e-12
-                q.sigma = torch.where(good, sigma / torch.sqrt(torch.where(good, info, torch.ones_like(info))), sigma)
+        _unit_information([self.p[n] for n in names], lambda: [self.bragg(origin_mm)], [lam])
 
     def fit_alone(self) -> tuple[int, bool, str, list[dict]]:
         """The stages on this still alone: (iterations, converged, message, per-stage log)."""
@@ -474,25 +485,13 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
     # photons stay; each crystal's size is held while broadened). Raw units: one standard error each, per block.
     # Done when a cycle gains less than 0.01 of log-likelihood a still, or moves the detector by less than a tenth
     # of its standard error.
-    def recentre(par: _Param) -> None:
-        par.init, par.raw.data = par.value().detach(), torch.zeros_like(par.raw)
-
     def precondition_detector() -> None:
         with torch.no_grad():
             lams = [torch.clamp(q.bragg(origin()) + q.p["background"].value()[q.box, 0], min=1e-3) for q in live]
-            for par in (distance, beam):
-                recentre(par)
-                par.sigma = torch.full_like(par.raw, 0.01)
-                info = torch.zeros_like(par.raw)
-                for j in range(par.raw.numel()):
-                    parts = []
-                    for step in (1.0, -1.0):
-                        par.raw.view(-1)[j] = step
-                        o = origin()
-                        parts.append([q.bragg(o) for q in live])
-                    par.raw.view(-1)[j] = 0.0
-                    info.view(-1)[j] = sum((((a - b) / 2) ** 2 / lam).sum() for a, b, lam in zip(*parts, lams))
-                par.sigma = par.sigma / torch.sqrt(torch.clamp(info, min=1e-12))
+        for par in (distance, beam):
+            par.recentre()
+            par.sigma = torch.full_like(par.raw, 0.01)
+        _unit_information([distance, beam], lambda: [q.bragg(origin()) for q in live], lams)
 
     ok, why, loss = False, "", math.nan
     for factor in (0.25, 0.5, 1.0):
@@ -507,7 +506,7 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
             with torch.no_grad():
                 o = origin()
             for q in live:
-                recentre(q.p["rotation"])
+                q.p["rotation"].recentre()
                 q.precondition(("rotation",), origin_mm=o)
             # the geometry together: the detector with every crystal's rotation (a beam-centre shift and a small
             # rotation move spots alike), the rest of each still held
@@ -518,7 +517,7 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
                 o = origin()
             for q in live:
                 for par in q.p.values():
-                    recentre(par)
+                    par.recentre()
                 q.precondition(origin_mm=o)
                 # broadened: only the scale and background follow (cheap: the Bragg model is frozen for them)
                 names = q.stages()[-1] if factor == 1.0 else ("scale", "background")
@@ -552,14 +551,14 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
         q.log_size_offset = 0.0
     with torch.no_grad():
         o = origin()
-        shift = (-beam.value()).cpu().numpy()  # panel moved by -b px: the origin's move in px
         new_origin = tuple(float(v) for v in o.cpu().numpy())
         refined_panel = Panel(new_origin, panel.fast_axis, panel.slow_axis, panel.pixel_size_mm, panel.n_fast,
                               panel.n_slow, panel.pixel_size_slow_mm, panel.name)
         stills = [q.result(q.error) if q.error else
                   q.result("converged" if ok else f"joint refinement {why}", ok, math.nan, 0, per_still[id(q)], o)
                   for q in problems]
-        return RefinedDetector(refined_panel, float(distance.value()), (float(-shift[0]), float(-shift[1])), stills,
+        b = beam.value()
+        return RefinedDetector(refined_panel, float(distance.value()), (float(b[0]), float(b[1])), stills,
                                nll_start, float(loss) * n_pixels, iterations, ok,
                                "converged" if ok else f"joint refinement {why}"
                                + (f"; alone: {'; '.join(messages)}" if messages else ""))
