@@ -312,8 +312,9 @@ def test_hkl_loader(tmp_path):
     path.write_text("1 2 3 10.5\n-2 0 1 4\n0 0 0 100\n1 2 3 11.0\n")
     table = load_hkl_text(path, default_F=2.0)
     assert table.hkl_min == (-2, 0, 0) and table.amplitudes.shape == (4, 3, 4)
+    # (0, 1, 1) is unlisted inside the listed range: default_F, as nanoBragg fills its table
     np.testing.assert_allclose(table.lookup([[1, 2, 3], [-2, 0, 1], [0, 0, 0], [0, 1, 1], [5, 0, 0]]),
-                               [11.0, 4.0, 100.0, 0.0, 2.0])
+                               [11.0, 4.0, 100.0, 2.0, 2.0])
     with pytest.raises(ValueError, match="non-integer"):
         (tmp_path / "g.hkl").write_text("1.5 0 0 3\n")
         load_hkl_text(tmp_path / "g.hkl")

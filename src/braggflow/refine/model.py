@@ -9,7 +9,9 @@ cases and on simulated frames): the mean over oversample^2 sub-pixels, spectrum 
 h0 the nearest node (nanoBragg's ceil(h - 1/2)), F from the same padded table (its default_F border off the table),
 the four lattice transforms, Omega = pixel^2 close_distance / R^3 and Kahn's polarization, per sub-pixel (or once
 per pixel at the first sub-pixel, ``first_subpixel_factors``). F is looked up at the nearest node, so it is
-piecewise constant: gradients flow through the lattice transform, Omega, P and the scale.
+piecewise constant: gradients flow through the lattice transform, Omega, P and the scale; where the still
+interpolates F (nanoBragg's tricubic interpolation, ``Numerics.interpolate``, on for N <= 2) F is smooth in h and
+the gradient flows through it too.
 
 Differentiable: the A matrix, the domain rotations, Ncells (continuous; the square transform sin(N pi x)/sin(pi x)
 is smooth in N), the sources' 1/lambda and weights, the fluence scale, and the panel's origin and axes.
@@ -40,6 +42,9 @@ class F2Table:
     offset: tuple[int, int, int]  # index = clip(h0 + offset, 0, hi) per axis
     hi: tuple[int, int, int]
     strides: tuple[int, int]
+    amplitudes: torch.Tensor | None = None  # nh*nk*nl, for the tricubic interpolation
+    hkl_min: tuple[int, int, int] = (0, 0, 0)
+    shape: tuple[int, int, int] = (0, 0, 0)
 
     @classmethod
     def from_table(cls, sf: StructureFactorTable, dtype=torch.float64, device=None) -> "F2Table":
@@ -47,7 +52,34 @@ class F2Table:
         pad = np.pad(np.square(sf.amplitudes), 1, constant_values=d2)
         nh, nk, nl = pad.shape
         return cls(torch.as_tensor(pad.ravel(), dtype=dtype, device=device),
-                   tuple(1 - int(m) for m in sf.hkl_min), (nh - 1, nk - 1, nl - 1), (nk * nl, nl))
+                   tuple(1 - int(m) for m in sf.hkl_min), (nh - 1, nk - 1, nl - 1), (nk * nl, nl),
+                   torch.as_tensor(np.array(sf.amplitudes.ravel()), dtype=dtype, device=device), tuple(sf.hkl_min),
+                   tuple(sf.amplitudes.shape))
+
+    def interpolated(self, h: torch.Tensor, k: torch.Tensor, l: torch.Tensor, h0: torch.Tensor, k0: torch.Tensor,
+                     l0: torch.Tensor) -> torch.Tensor:
+        """F^2 at fractional (h, k, l): nanoBragg's tricubic interpolation of F (the simulator's
+        ``sf_table.interpolated_f``) where it is safe (h_min + 2 <= h <= h_max - 2 on every axis), else the nearest
+        node's (h0, k0, l0); differentiable in h, k, l."""
+        from ..simulator.sf_table import lagrange4
+
+        safe = None
+        fl, base = [], []
+        for v, lo, n in zip((h, k, l), self.hkl_min, self.shape):
+            inside = (v >= lo + 2.0) & (v <= lo + n - 3.0)
+            safe = inside if safe is None else safe & inside
+            f = torch.floor(v.detach())
+            fl.append(f)
+            base.append(torch.clamp(f - 1.0 - lo, 0.0, max(n - 4.0, 0.0)).to(torch.int64))
+        w = [lagrange4(v - f) for v, f in zip((h, k, l), fl)]
+        nh, nk, nl = self.shape
+        out = torch.zeros_like(h)
+        for i in range(min(nh, 4)):
+            for j in range(min(nk, 4)):
+                row = ((base[0] + i) * nk + (base[1] + j)) * nl + base[2]
+                for m in range(min(nl, 4)):
+                    out = out + w[0][i] * w[1][j] * w[2][m] * self.amplitudes[(row + m).reshape(-1)].reshape(h.shape)
+        return torch.where(safe, out * out, self.lookup(h0, k0, l0))
 
     def lookup(self, h0: torch.Tensor, k0: torch.Tensor, l0: torch.Tensor) -> torch.Tensor:
         """F^2 at integer-valued nodes (float tensors of any shape); nodes off the table get default_F^2."""
@@ -75,6 +107,7 @@ class TorchStill:
     oversample: int
     first_subpixel_factors: bool
     kahn: float
+    interpolate: bool
     e_in: torch.Tensor  # (3,) polarization basis (E, B)
     b_in: torch.Tensor
 
@@ -94,6 +127,7 @@ def torch_still(still: Still, panel: Panel, dtype=torch.float64, device=None) ->
                       fast_axis=t(panel.fast_axis), slow_axis=t(panel.slow_axis), pixel_mm=float(panel.pixel_size_mm),
                       shape=c.shape, fudge=float(n.fudge), oversample=int(n.oversample),
                       first_subpixel_factors=bool(n.first_subpixel_factors), kahn=float(p.kahn_factor),
+                      interpolate=n.interpolates(c.ncells),
                       e_in=t(e_in), b_in=t(b_in))
 
 
@@ -179,7 +213,11 @@ def expected_photons(ts: TorchStill, f2: F2Table, fast_px: torch.Tensor, slow_px
                 with torch.no_grad():
                     h0 = torch.ceil(h - 0.5)
                 dh = h - h0
-                val = lattice_sq(dh[..., 0], dh[..., 1], dh[..., 2], ts) * f2.lookup(h0[..., 0], h0[..., 1], h0[..., 2])
+                if ts.interpolate:
+                    fsq = f2.interpolated(h[..., 0], h[..., 1], h[..., 2], h0[..., 0], h0[..., 1], h0[..., 2])
+                else:
+                    fsq = f2.lookup(h0[..., 0], h0[..., 1], h0[..., 2])
+                val = lattice_sq(dh[..., 0], dh[..., 1], dh[..., 2], ts) * fsq
                 sub = sub + ts.weights @ val
             acc = acc + sub * g
     return acc * (ts.scale / (os_ * os_ * m_dom.shape[0]))

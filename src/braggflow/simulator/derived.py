@@ -48,6 +48,8 @@ class _Setup:
     dkappa: float
     single_exact: bool
     first_subpixel_factors: bool  # nanoBragg's Omega/P caching (off: per sub-pixel, physically right)
+    interpolate: bool  # F by tricubic interpolation between nodes (nanoBragg for N <= 2)
+    sf: StructureFactorTable = field(repr=False)
     f2pad: Any = field(repr=False)  # device (nh+2)*(nk+2)*(nl+2) float32, border = default_F^2
     f2max27: Any = field(repr=False)
     f2_global_max: float = 0.0
@@ -94,6 +96,8 @@ def _make_setup(still: Still, detector: Panel, structure_factors: StructureFacto
         sigma_min_sq=float(np.linalg.svd(A, compute_uv=False).min() ** 2),
         metric=A.T @ A, eps_rot=eps_rot, dkappa=dkappa, single_exact=single_exact,
         first_subpixel_factors=numerics.first_subpixel_factors,
+        interpolate=numerics.interpolates(crystal.ncells),
+        sf=sf,
         f2pad=f2pad,
         f2max27=f2max27,
         f2_global_max=f2_global_max,

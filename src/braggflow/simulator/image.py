@@ -58,21 +58,25 @@ def simulate_still(
     image = xp.empty((detector.n_slow, detector.n_fast), dtype=xp.float64)
     flat = image.reshape(-1)
     chunk = _sample_chunk(st, block_pixels)
-    if exhaustive:
+    # the screening bound takes F from the nodes around a sample; interpolated F is not bounded by them (and a
+    # crystal of <= 2 cells lights most pixels anyway): the full average everywhere
+    full = exhaustive or st.interpolate
+    want_bound = not (st.single_exact or full)
+    nodes = xp.empty((3, detector.n_slow, detector.n_fast), dtype=xp.int32) if return_nodes else None
+    if not full or return_nodes:
+        bound = xp.empty((detector.n_slow, detector.n_fast), dtype=xp.float32) if want_bound else None
+        rows = _block_rows(st, block_pixels)
+        for j0 in range(0, detector.n_slow, rows):
+            j1 = min(j0 + rows, detector.n_slow)
+            value, b = _single_pass_block(st, j0, j1, want_bound, None if nodes is None else nodes[:, j0:j1])
+            image[j0:j1] = value
+            if want_bound:
+                bound[j0:j1] = b
+    if full:
         for start in range(0, n_pix, chunk):
             idx = xp.arange(start, min(start + chunk, n_pix), dtype=xp.int64)
             flat[start:start + idx.size] = _full_average(st, idx)
-        return image
-    want_bound = not st.single_exact
-    bound = xp.empty((detector.n_slow, detector.n_fast), dtype=xp.float32) if want_bound else None
-    nodes = xp.empty((3, detector.n_slow, detector.n_fast), dtype=xp.int32) if return_nodes else None
-    rows = _block_rows(st, block_pixels)
-    for j0 in range(0, detector.n_slow, rows):
-        j1 = min(j0 + rows, detector.n_slow)
-        value, b = _single_pass_block(st, j0, j1, want_bound, None if nodes is None else nodes[:, j0:j1])
-        image[j0:j1] = value
-        if want_bound:
-            bound[j0:j1] = b
+        return (image, nodes) if return_nodes else image
     if want_bound:
         _refine(st, flat, bound.reshape(-1), rel_tol, chunk, max_background_share)
     return (image, nodes) if return_nodes else image

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .derived import _Setup
+from .sf_table import interpolated_f, interpolation_safe
 
 _TINY_ANGLE = np.float32(1e-30)  # sin(N x)/sin(x) -> N as x -> 0: evaluate at x >= 1e-30, no branch
 _ROUND_NORM = 0.723601254558268  # nanoBragg's cube/sphere volume correction for ROUND
@@ -33,6 +34,16 @@ def _f2_index(h0: Any, k0: Any, l0: Any, st: _Setup, xp: ModuleType) -> Any:
     ih += ik
     ih += il
     return ih.astype(xp.int64)
+
+
+def _f2_at(h: Any, k: Any, l: Any, near: list, idx: Any, st: _Setup, xp: ModuleType) -> Any:
+    """F^2 (float32) of samples at fractional (h, k, l) with nearest nodes ``near`` and their F^2 index ``idx``:
+    the nearest node's, or nanoBragg's tricubic interpolation where the still asks for it and it is safe."""
+    f2 = xp.take(st.f2pad, idx)
+    if not st.interpolate:
+        return f2
+    f = interpolated_f(h, k, l, st.sf, xp)
+    return xp.where(interpolation_safe(h, k, l, st.sf, xp), (f * f).astype(xp.float32), f2)
 
 
 def _lattice_sq(dh: Any, dk: Any, dl: Any, st: _Setup, xp: ModuleType) -> Any:
@@ -175,7 +186,7 @@ def _single_pass_block(
     idx = _f2_index(near[0][0], near[1][0], near[2][0], st, xp)
     f2 = xp.take(st.f2pad, idx)
     lat = _lattice_sq(near[0][1], near[1][1], near[2][1], st, xp)
-    value = (lat * f2).astype(xp.float64)
+    value = (lat * (_f2_at(*hkl, near, idx, st, xp) if st.interpolate else f2)).astype(xp.float64)
     value *= g
     value *= st.scale
     if not want_bound:
@@ -255,10 +266,11 @@ def _full_average(st: _Setup, flat_idx: Any) -> Any:
             sub = xp.zeros(flat_idx.shape, dtype=xp.float32)
             for m in range(st.m_dom.shape[0]):
                 base = _miller(st.m_dom[m], 1.0, dx, dy, dz)
-                near = [_nearest(h[None, :] * kap, xp) for h in base]  # (S, P)
+                frac = [h[None, :] * kap for h in base]  # (S, P)
+                near = [_nearest(h, xp) for h in frac]
                 idx = _f2_index(near[0][0], near[1][0], near[2][0], st, xp)
                 val = _lattice_sq(near[0][1], near[1][1], near[2][1], st, xp)
-                val *= xp.take(st.f2pad, idx)
+                val *= _f2_at(*frac, near, idx, st, xp)
                 # source by source, in order: the same sum for any batch of pixels and on any array module
                 # (a matrix product's summation order depends on the library and the batch size)
                 for i_src, w_src in enumerate(w):

@@ -138,11 +138,14 @@ class Numerics:
     oversample: sub-pixels per pixel edge (oversample^2 per pixel). fudge: nanoBragg's -fudge, a factor on the
     round/gauss/tophat profile's radius^2. first_subpixel_factors: True evaluates Omega and P once per pixel at
     the first sub-pixel, as nanoBragg caches them (default False: per sub-pixel, the physically right average).
+    interpolate: F between the nodes by nanoBragg's tricubic interpolation (True), or F of the nearest node (False);
+    None: as nanoBragg decides, on when any of Na, Nb, Nc is <= 2 (a crystal that small samples F between nodes).
     """
 
     oversample: int = 1
     fudge: float = 1.0
     first_subpixel_factors: bool = False
+    interpolate: bool | None = None
 
     def __post_init__(self) -> None:
         if int(self.oversample) != self.oversample or self.oversample < 1:
@@ -152,6 +155,12 @@ class Numerics:
             raise ValueError(f"fudge must be > 0, got {self.fudge!r}")
         object.__setattr__(self, "fudge", float(self.fudge))
         object.__setattr__(self, "first_subpixel_factors", bool(self.first_subpixel_factors))
+        if self.interpolate is not None:
+            object.__setattr__(self, "interpolate", bool(self.interpolate))
+
+    def interpolates(self, ncells: tuple[float, float, float]) -> bool:
+        """Whether F is interpolated for a crystal of ``ncells`` (nanoBragg: when any axis is <= 2 cells)."""
+        return bool(self.interpolate) if self.interpolate is not None else min(ncells) <= 2
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,8 +14,8 @@ from .backend import default_block_pixels, to_numpy
 from .derived import _Setup, _make_setup
 from ..detector import Detector, Panel
 from .image import simulate_still
-from .kernels import _ROUND_NORM, _block_rows, _pixel_centres
 from .sf_table import StructureFactorTable
+from .kernels import _ROUND_NORM, _block_rows, _pixel_centres
 from .still import INCIDENT_UNIT, Still
 
 TRUTH_ROWS = 1 << 16  # (source, reflection) rows per vectorised step of the truth table
@@ -217,6 +217,39 @@ def panel_candidates(still: Still, panels: Detector, structure_factors: Structur
     return out
 
 
+def _centroids(st: _Setup, detector: Panel, hkl: np.ndarray, peak0: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Spot centroids (x_px, y_px; NaN where no point reaches the panel), their summed weights and best peak
+    fractions: the mean of each (source, domain) sphere point weighted by w_s * F_latt^2 there."""
+    sum_w = np.zeros(len(hkl))
+    sum_x = np.zeros(len(hkl))
+    sum_y = np.zeros(len(hkl))
+    best = np.zeros(len(hkl))
+    for s0, s1, frac in _sphere_points(st, hkl, peak0):
+        x, y, fwd = detector.ray_to_px(s1.reshape(-1, 3))
+        shape = frac.shape
+        x, y, fwd = x.reshape(shape), y.reshape(shape), fwd.reshape(shape)
+        wgt = np.where(fwd, st.weights[s0:s0 + shape[0], None] * frac, 0.0)
+        x = np.nan_to_num(x)
+        y = np.nan_to_num(y)
+        for i in range(shape[0]):
+            sum_w += wgt[i]
+            sum_x += wgt[i] * x[i]
+            sum_y += wgt[i] * y[i]
+        best = np.maximum(best, np.where(fwd, frac, 0.0).max(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sum_x / sum_w, sum_y / sum_w, sum_w, best
+
+
+def spot_centroids(still: Still, detector: Panel, hkl: np.ndarray) -> np.ndarray:
+    """(n, 2) (fast, slow) px where the spots of reflections ``hkl`` (n, 3) of ``still`` centre on ``detector``,
+    as the truth table places them (NaN where a spot does not reach the panel's plane); no image needed."""
+    hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
+    st = _make_setup(still, detector, StructureFactorTable(np.ones((1, 1, 1)), (0, 0, 0), 1.0), np)  # F moves no spot
+    x, y, w, _ = _centroids(st, detector, hkl, _lattice_sq_np(np.zeros((1, 3)), st)[0])
+    return np.where((w > 0)[:, None], np.column_stack([x, y]), np.nan)
+
+
 def truth_reflections(
     still: Still,
     detector: Panel,
@@ -255,25 +288,7 @@ def truth_reflections(
 
     hkl = _candidate_hkl(st) if candidates is None else candidates
     peak0 = _lattice_sq_np(np.zeros((1, 3)), st)[0]
-    sum_w = np.zeros(len(hkl))
-    sum_x = np.zeros(len(hkl))
-    sum_y = np.zeros(len(hkl))
-    best = np.zeros(len(hkl))
-    for s0, s1, frac in _sphere_points(st, hkl, peak0):
-        x, y, fwd = detector.ray_to_px(s1.reshape(-1, 3))
-        shape = frac.shape
-        x, y, fwd = x.reshape(shape), y.reshape(shape), fwd.reshape(shape)
-        wgt = np.where(fwd, st.weights[s0:s0 + shape[0], None] * frac, 0.0)
-        x = np.nan_to_num(x)
-        y = np.nan_to_num(y)
-        for i in range(shape[0]):
-            sum_w += wgt[i]
-            sum_x += wgt[i] * x[i]
-            sum_y += wgt[i] * y[i]
-        best = np.maximum(best, np.where(fwd, frac, 0.0).max(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        x_px = sum_x / sum_w
-        y_px = sum_y / sum_w
+    x_px, y_px, sum_w, best = _centroids(st, detector, hkl, peak0)
     on_detector = ((sum_w > 0) & (x_px >= 0) & (x_px < detector.n_fast) & (y_px >= 0) & (y_px < detector.n_slow))
     hkl, x_px, y_px, best = hkl[on_detector], x_px[on_detector], y_px[on_detector], best[on_detector]
     photons = np.zeros(len(hkl))
