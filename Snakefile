@@ -27,6 +27,7 @@ include: "rules/processing.smk"
 include: "rules/training.smk"
 include: "rules/experiments.smk"
 include: "rules/matched.smk"
+include: "rules/refinement.smk"
 
 
 rule all:

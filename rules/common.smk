@@ -173,11 +173,76 @@ def dials_tables_of(structure):
     )
 
 
-def training_gpus():
+def dials_exports(structure, dataset):
+    return expand(
+        "results/dials/{structure}/{dataset}/shard_{shard}/export.npz",
+        structure=structure,
+        dataset=dataset,
+        shard=shard_names(),
+    )
+
+
+# ---------------------------------------------------------------- refinement (rules/refinement.smk)
+REFINEMENT_PRIOR_KEYS = (
+    "crystal_shape",
+    "ncells",
+    "mosaic_spread_deg",
+    "mosaic_domains",
+    "mosaic_model",
+    "spectrum_shape",
+    "bandwidth_frac",
+    "spectrum_samples",
+    "oversample",
+)
+
+
+def refinement_params():
+    """What makes a refinement's bytes: the section's fitting settings (RefinementSettings: not enabled, device,
+    threads or the figures' bins), the model it assumes (the simulation's crystal shape, size, mosaic, spectrum
+    and oversampling, and the beam), the noise model, and the structure's symmetry."""
+    from braggflow.refine.shard import RefinementSettings
+
+    return dict(
+        refinement=RefinementSettings.from_config(config["refinement"]).params(),
+        prior={k: canonical(SIM[k]) for k in REFINEMENT_PRIOR_KEYS},
+        beam=BEAM,
+        noise={k: config["overlay"][k] for k in ("adu_per_photon", "readout_noise_adu", "saturation_adu")},
+        spacegroup=lambda wc: structure_symmetry(wc.structure)[0],
+        cell=lambda wc: structure_symmetry(wc.structure)[1],
+    )
+
+
+def refinement_gpus():
+    """1 where the refinement will run on CUDA (refinement.device; auto: a CUDA build of torch is installed)."""
+    device = config["refinement"]["device"]
+    return int(device == "cuda") if device != "auto" else training_gpus(device="auto")
+
+
+def refinement_conda_env():
+    return "../envs/braggflow.yaml" if config["refinement"]["device"] == "cpu" else "../envs/braggflow-gpu.yaml"
+
+
+def refined_tables(structure):
+    return expand(
+        "results/refined/{structure}/{dataset}/shard_{shard}/stills.tsv",
+        structure=structure,
+        dataset=DATASETS,
+        shard=shard_names(),
+    )
+
+
+def refinement_targets():
+    if not config["refinement"]["enabled"]:
+        return []
+    return [f"results/refined/{s}/scores.tsv" for s in SIM_STRUCTURES]
+
+
+def training_gpus(device=None):
     """1 where training will run on CUDA, else 0. For `auto`: a CUDA build of torch is installed (looked up
     without importing torch, which takes seconds at every parse)."""
-    if config["training"]["device"] != "auto":
-        return int(config["training"]["device"] == "cuda")
+    device = config["training"]["device"] if device is None else device
+    if device != "auto":
+        return int(device == "cuda")
     spec = importlib.util.find_spec("torch")
     if spec is None or not spec.submodule_search_locations:
         return 0
@@ -229,6 +294,7 @@ def all_targets():
         + expand("results/dials/{structure}/scores.tsv", structure=SIM_STRUCTURES)
         + ["results/benchmarks/summary.tsv"]
         + training_targets()
+        + refinement_targets()
         + experiment_targets()
     )
 
@@ -244,6 +310,16 @@ def benchmark_files():
             structure=SIM_STRUCTURES,
             dataset=DATASETS,
             shard=shard_names(),
+        )
+    if config["refinement"]["enabled"]:
+        files += expand(
+            f"{B}/refine_stills/{{structure}}/{{dataset}}/shard_{{shard}}.tsv",
+            structure=SIM_STRUCTURES,
+            dataset=DATASETS,
+            shard=shard_names(),
+        )
+        files += expand(
+            f"{B}/refine_detector/{{structure}}/{{dataset}}.tsv", structure=SIM_STRUCTURES, dataset=DATASETS
         )
     for stage in ("train_peak_finder", "train_hit_classifier", "baseline_peak_finder"):
         files += expand(f"{B}/{stage}/{{structure}}/{{dataset}}.tsv", structure=SIM_STRUCTURES, dataset=DATASETS)

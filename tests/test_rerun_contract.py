@@ -30,6 +30,8 @@ SHIFTED_PREDICTIONS = ["shifted/peak_finder-7keV_100mm", "shifted/peak_finder-8k
                        "shifted/energy_distance"]
 CSPAD_MATRIX_PREDICTIONS = ["cspad/peak_finder-8keV_100mm", "cspad/hit_classifier-8keV_100mm"]
 EVALUATIONS = ["shifted/7keV_100mm", "shifted/8keV_100mm", "cspad/8keV_100mm", "cspad/matched"]
+# The refinement of every matrix shard, each dataset's detector and their scores.
+REFINEMENT = {"refine_stills": 4, "refine_detector": 2, "refinement_scores": 1}
 # Every job downstream of the matrix overlay shards (the same for every edit that changes all of them).
 MATRIX_TRAINING = {
     "train_peak_finder": 2, "train_hit_classifier": 2, "baseline_peak_finder": 2, "peak_examples": 2,
@@ -37,6 +39,7 @@ MATRIX_TRAINING = {
     "baseline_energy_distance": 1, "energy_distance_summary": 1,
     "predict": len(SHIFTED_PREDICTIONS) + len(CSPAD_MATRIX_PREDICTIONS),
     "evaluate_predictions": 3, "evaluation_offsets_plot": 2, "evaluation_summary": 1, "benchmark_summary": 1,
+    **REFINEMENT,
 }
 DIALS_OF_SHARDS = {"dials_stills_process": 4, "dials_tables": 4, "dials_scores": 1}
 
@@ -93,6 +96,8 @@ def test_a_finished_run_has_nothing_to_do(tiny_run, base):
     ("training.device", "auto"),  # no CUDA here: the same device
     ("dials.nproc", 1),
     ("dials.container", "elsewhere/dials.sif"),  # only used with --use-apptainer
+    ("refinement.threads", 2),
+    ("refinement.device", "cpu"),  # no CUDA here: the same device
 ])
 def test_how_a_job_runs_reruns_nothing(tiny_run, base, key, value):
     assert planned(tiny_run, edited(base, key, value)) == {}
@@ -130,14 +135,16 @@ def test_a_figure_setting_reruns_only_its_figures(tiny_run, base):
         "peak_examples": [f"1ic6/{d}" for d in D]}
     assert planned(tiny_run, edited(base, "evaluation.resolution_bins", 3)) == {
         "evaluation_offsets_plot": ["cspad", "shifted"], "evaluation_summary": [""]}
+    assert planned(tiny_run, edited(base, "refinement.resolution_bins", 3)) == {"refinement_scores": ["1ic6"]}
 
 
 def test_growing_a_dataset_keeps_its_full_shards(tiny_run, base):
     # 3 -> 5 frames: shard 0001 (frame 2) becomes frames 2-3, shard 0002 (frame 4) is new; shard 0000 stays.
     jobs = planned(tiny_run, edited(base, "simulation.frames_per_dataset", 5))
-    for rule in ("simulate", "overlay", "dials_stills_process", "dials_tables"):
+    for rule in ("simulate", "overlay", "dials_stills_process", "dials_tables", "refine_stills"):
         assert jobs.pop(rule) == sorted(f"1ic6/{d}/{s}" for d in D for s in ("0001", "0002")), rule
-    assert counts(jobs) == {"overlay_gallery": 2, "dials_scores": 1, **MATRIX_TRAINING}
+    assert counts(jobs) == {"overlay_gallery": 2, "dials_scores": 1,
+                            **{k: v for k, v in MATRIX_TRAINING.items() if k != "refine_stills"}}
 
 
 def test_a_structure_setting_reruns_that_structure_only(tiny_run, base):
@@ -184,7 +191,18 @@ def test_a_dials_setting_reruns_dials_and_its_readers(tiny_run, base):
     assert counts(jobs) == {"dials_tables": 4, "dials_scores": 1, "evaluate_predictions": 4,
                             "evaluation_offsets_plot": 2, "evaluation_summary": 1, "benchmark_summary": 1,
                             "matched_stand_in": 1, "matched_structure_factors": 1, "calibrate_matched": 1,
-                            "matched_frames": 1, "train_matched_peak_finder": 1, "matched_baseline_peak_finder": 1}
+                            "matched_frames": 1, "train_matched_peak_finder": 1, "matched_baseline_peak_finder": 1,
+                            **REFINEMENT}
+
+
+def test_a_refinement_setting_reruns_the_refinement_only(tiny_run, base):
+    jobs = planned(tiny_run, edited(base, "refinement.max_spots", 100))
+    assert jobs == {"refine_stills": sorted(f"1ic6/{d}/{s}" for d in D for s in ("0000", "0001")),
+                    "refine_detector": [f"1ic6/{d}" for d in D], "refinement_scores": ["1ic6"],
+                    "benchmark_summary": [""]}
+    # the model it assumes: the simulation's spectrum reaches every simulation and every refinement
+    jobs = planned(tiny_run, edited(base, "simulation.bandwidth_frac", 0.003))
+    assert counts(jobs)["refine_stills"] == 4 and jobs["refinement_scores"] == ["1ic6"]
 
 
 def test_an_experiment_setting_reruns_that_experiment_only(tiny_run, base):

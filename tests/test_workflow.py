@@ -117,3 +117,38 @@ def test_a_finished_run_has_nothing_left_to_do(tiny_run):
     """Every job's params are stable between invocations, so a rerun touches nothing."""
     res = run_snakemake(tiny_run, "-n", configfile=TINY)
     assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]
+
+
+def test_tiny_config_refines_every_indexed_still_and_the_detector(tiny_run):
+    import json
+
+    import pandas as pd
+
+    from braggflow.formats.tables import read_table
+
+    out = tiny_run / "results/refined/1ic6"
+    for d in ("7keV_100mm", "8keV_100mm"):
+        for s in ("0000", "0001"):
+            stills = pd.read_csv(out / f"{d}/shard_{s}/stills.tsv", sep="\t")
+            dials = read_table(tiny_run / f"results/dials/1ic6/{d}/shard_{s}/tables.h5", "frames")
+            assert stills.frame_index.tolist() == dials.frame_index.tolist()  # every frame has its row
+            assert (stills.status == "converged").tolist() == dials.indexed.tolist()
+            assert stills[~dials.indexed.to_numpy()].message.eq("DIALS did not index this still").all()
+            expt = json.loads((out / f"{d}/shard_{s}/refined.expt").read_text())
+            assert len(expt["experiment"]) == int(dials.indexed.sum())
+            for i, e in zip(stills.expt_index[stills.expt_index >= 0], expt["experiment"]):
+                assert e["crystal"] == i
+        detector = json.loads((out / f"{d}/detector.json").read_text())
+        # DIALS was given the true geometry: the refined detector stays there
+        assert detector["converged"] and abs(detector["distance_shift_mm"]) < 0.05
+        assert max(abs(v) for v in detector["beam_shift_px"]) < 0.1
+    scores = pd.read_csv(out / "scores.tsv", sep="\t")
+    assert scores.dataset.tolist() == ["7keV_100mm", "8keV_100mm"]
+    assert (scores.not_converged == 0).all() and (scores.refined > 0).all()
+    assert (scores.rmsd_refined_px < 0.5 * scores.rmsd_dials_px).all()
+    assert (scores.misorientation_mean_refined_median_deg < scores.misorientation_mean_dials_median_deg).all()
+    assert (scores.cell_error_refined_max_rel < scores.cell_error_dials_max_rel).all()
+    bins = pd.read_csv(out / "offsets_by_resolution.tsv", sep="\t")
+    assert set(bins.dataset) == {"all", "7keV_100mm", "8keV_100mm"} and bins.n.sum() == 2 * scores.reflections.sum()
+    for png in ("scores.png", "offsets_by_resolution.png"):
+        assert (out / png).stat().st_size > 10_000

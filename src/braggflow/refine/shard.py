@@ -1,0 +1,439 @@
+"""Refining the stills of one DIALS shard, and the detector of a dataset, from what the workflow has on disk.
+
+Each still starts from DIALS' model as the export holds it (the A matrix, the beam and the panel DIALS used) and
+is fitted against the counts of the frames DIALS read, in shoeboxes around DIALS' strong spots (the brightest
+``max_spots``), untrusted pixels left out. What the pixels cannot fix is the experiment's model, ``StillPrior``:
+the crystal shape, the mosaic spread and domain count, the spectrum's shape and width, the nominal fluence, the
+polarization and the oversampling (for the workflow's own datasets, the simulation section's values).
+
+A still DIALS did not index, without strong spots, or whose pixels are not finite, gets its reason in the table
+(``status``, ``message``); no still stops the shard. Nothing here reads a truth: the same code serves real stills.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..detector import Detector, Panel
+from ..draws import axis_angle_matrix, mosaic_umats
+from ..settings import Section
+from ..simulator import Crystal, Numerics, Pulse, Still, StructureFactorTable
+from .stills import NoiseModel, RefinedStill, RefineSettings, Shoeboxes, refine_detector, refine_still
+
+ENERGY_KEV_ANGSTROM = 12.398419843320026
+# a fixed draw: the model's domains are the same for every still and every run
+MODEL_MOSAIC_SEED = 0
+
+
+@dataclass(frozen=True)
+class RefinementSettings(Section):
+    """The ``refinement`` section without ``threads`` and ``device`` (where it runs, not what it computes)."""
+
+    KEY: ClassVar[str] = "refinement"
+    shoebox_half_width_px: int
+    max_spots: int
+    ncells_per_axis: bool
+    refine_cell: bool
+    refine_energy: bool
+    nll_tolerance: float
+    max_rounds: int
+    iterations_per_round: int
+    rotation_bound_deg: float
+    cell_bound_rel: float
+    ncells_bound_factor: float
+    energy_bound_rel: float
+    detector_stills: int
+    distance_bound_mm: float
+    beam_bound_px: float
+
+    def still_settings(self) -> RefineSettings:
+        return RefineSettings(ncells_per_axis=self.ncells_per_axis, refine_cell=self.refine_cell,
+                              refine_energy=self.refine_energy, max_rounds=self.max_rounds,
+                              iterations_per_round=self.iterations_per_round, nll_tolerance=self.nll_tolerance,
+                              rotation_bound_deg=self.rotation_bound_deg, cell_bound_rel=self.cell_bound_rel,
+                              ncells_bound_factor=self.ncells_bound_factor, energy_bound_rel=self.energy_bound_rel)
+
+
+def _ncells_start(spec: dict[str, Any]) -> float:
+    """The middle of the configured crystal-size distribution (the start of every still's Ncells)."""
+    if spec["dist"] == "fixed":
+        return float(spec["value"])
+    if spec["dist"] == "uniform":
+        return 0.5 * (float(spec["low"]) + float(spec["high"]))
+    return float(spec["median"])
+
+
+def model_mosaic(spread_deg: float, n_domains: int, model: str) -> np.ndarray:
+    """The refinement's mosaic domains: domain 0 the crystal itself, the others one fixed draw of the configured
+    model in antipodal pairs (R, R^-1), so that the domains' mean orientation is the crystal's and the model does
+    not tilt the orientation it fits (an odd domain left over is the identity)."""
+    n = max(int(n_domains), 1)
+    drawn = mosaic_umats(np.random.default_rng(MODEL_MOSAIC_SEED), spread_deg, n, model)
+    out = [np.eye(3)]
+    for k in range(1, (n - 1) // 2 + 1):
+        out += [drawn[k], drawn[k].T]
+    if (n - 1) % 2:
+        out.append(np.eye(3))
+    return np.stack(out)
+
+
+@dataclass(frozen=True)
+class StillPrior:
+    """What a still's refinement assumes of the experiment and does not refine."""
+
+    crystal_shape: str
+    ncells: float
+    mosaic_umats: np.ndarray  # (M, 3, 3)
+    spectrum_offsets: np.ndarray  # (S,) relative wavelength offsets from the central one
+    spectrum_weights: np.ndarray  # (S,)
+    fluence_photons_per_m2: float
+    kahn_factor: float
+    polarization_axis: tuple[float, float, float]
+    oversample: int
+
+    @classmethod
+    def from_config(cls, sim: dict[str, Any], beam) -> "StillPrior":
+        """From the ``simulation`` section and the beam (``braggflow.beam.Beam``) that made the frames."""
+        from ..draws import spectrum
+
+        lam, w = spectrum(1.0, sim["spectrum_shape"], float(sim["bandwidth_frac"]), int(sim["spectrum_samples"]))
+        return cls(sim["crystal_shape"], _ncells_start(sim["ncells"]),
+                   model_mosaic(float(sim["mosaic_spread_deg"]), int(sim["mosaic_domains"]), sim["mosaic_model"]),
+                   lam - 1.0, w, float(beam.fluence_per_m2), float(beam.kahn_factor),
+                   tuple(beam.polarization_axis), int(sim["oversample"]))
+
+    def still(self, a_matrix: np.ndarray, central_wavelength_angstrom: float) -> Still:
+        n = (self.ncells,) * 3
+        return Still(Crystal(np.asarray(a_matrix, float).reshape(3, 3), ncells=n, shape=self.crystal_shape,
+                             mosaic_umats=self.mosaic_umats),
+                     Pulse(central_wavelength_angstrom * (1.0 + self.spectrum_offsets), weights=self.spectrum_weights,
+                           fluence_photons_per_m2=self.fluence_photons_per_m2, kahn_factor=self.kahn_factor,
+                           polarization_axis=self.polarization_axis),
+                     Numerics(oversample=self.oversample))
+
+
+def export_detector(export: dict[str, np.ndarray], i: int) -> Detector | None:
+    """The panels DIALS used for frame ``i`` (None where the export has no geometry for it)."""
+    origin = export["panel_origin_mm"][i]
+    if origin.shape[0] == 0 or not np.all(np.isfinite(origin)):
+        return None
+    return Detector.from_arrays([f"panel{p}" for p in range(len(origin))], origin, export["panel_fast_axis"][i],
+                                export["panel_slow_axis"][i], export["panel_pixel_size_mm"][i],
+                                export["panel_image_size"][i])
+
+
+def beam_of(export: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, float]:
+    """(unit beam direction, wavelength A) of DIALS' s0 for frame ``i``."""
+    s0 = np.asarray(export["s0"][i], float)
+    k = float(np.linalg.norm(s0))
+    return s0 / k, 1.0 / k
+
+
+def strong_centres(export: dict[str, np.ndarray], i: int, counts: np.ndarray, untrusted: np.ndarray | None,
+                   max_spots: int) -> np.ndarray:
+    """(n, 2) (fast, slow) px of frame ``i``'s strong spots on panel 0, the ``max_spots`` brightest (by the counts
+    of each spot's 3x3 pixels) where there are more."""
+    sel = (export["strong_frame"] == i) & (export["strong_panel"] == 0)
+    xy = np.column_stack([export["strong_x"][sel], export["strong_y"][sel]]).astype(float)
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    if len(xy) <= max_spots:
+        return xy
+    c = np.where(untrusted, 0.0, counts) if untrusted is not None else counts
+    c = np.nan_to_num(np.asarray(c, float))
+    fx = np.clip(np.floor(xy[:, 0]).astype(int), 1, c.shape[1] - 2)
+    fy = np.clip(np.floor(xy[:, 1]).astype(int), 1, c.shape[0] - 2)
+    bright = sum(c[fy + dy, fx + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    return xy[np.argsort(-bright, kind="stable")[:max_spots]]
+
+
+@dataclass(frozen=True)
+class StillInput:
+    """One still to refine: its start (or the reason there is none) and its pixels."""
+
+    frame: int
+    start: Still | None
+    panel: Panel | None
+    boxes: Shoeboxes | None
+    beam_direction: np.ndarray | None
+    message: str = ""
+
+
+def still_inputs(export: dict[str, np.ndarray], counts: np.ndarray, untrusted: np.ndarray | None,
+                 prior: StillPrior, settings: RefinementSettings) -> list[StillInput]:
+    """Per frame of the export, what its refinement starts from (``counts``: (frames, slow, fast) ADU;
+    ``untrusted``: the same shape, or (slow, fast) for every frame, or None)."""
+    out = []
+    for i in range(len(export["indexed"])):
+        if not export["indexed"][i]:
+            out.append(StillInput(i, None, None, None, None, "DIALS did not index this still"))
+            continue
+        det = export_detector(export, i)
+        a = np.asarray(export["a_matrix"][i], float)
+        if det is None or not np.all(np.isfinite(a)) or not np.all(np.isfinite(export["s0"][i])):
+            out.append(StillInput(i, None, None, None, None, "the DIALS export has no finite model for this still"))
+            continue
+        if len(det) != 1:
+            out.append(StillInput(i, None, None, None, None,
+                                  f"{len(det)} panels: the refinement of a still fits one panel"))
+            continue
+        panel = det[0]
+        frame = np.asarray(counts[i], float)
+        bad = None if untrusted is None else (untrusted if np.ndim(untrusted) == 2 else untrusted[i])
+        if frame.shape != (panel.n_slow, panel.n_fast):
+            out.append(StillInput(i, None, None, None, None, f"frame of shape {frame.shape} on a panel of "
+                                  f"{panel.n_slow} x {panel.n_fast} px"))
+            continue
+        direction, wavelength = beam_of(export, i)
+        centres = strong_centres(export, i, frame, bad, settings.max_spots)
+        boxes = Shoeboxes.around(frame, bad, centres, settings.shoebox_half_width_px)
+        out.append(StillInput(i, prior.still(a, wavelength), panel, boxes, direction))
+    return out
+
+
+def _check_beam(direction: np.ndarray) -> str:
+    from ..detector import INCIDENT_UNIT
+
+    angle = math.degrees(math.acos(float(np.clip(direction @ INCIDENT_UNIT, -1, 1))))
+    return "" if angle < 1e-6 else f"the beam is {angle:.3g} deg off the model's -z: not refined"
+
+
+def still_row(item: StillInput, res: RefinedStill | None, status: str, message: str) -> dict[str, Any]:
+    """One row of the stills table: the start and the refined model, and how the fit went (no times: the same
+    inputs give the same bytes; the log has each still's CPU time, the benchmark file the job's)."""
+    row: dict[str, Any] = {"frame": item.frame, "status": status, "message": message, "converged": False,
+                           "spots": 0, "pixels": 0, "iterations": 0, "nll_start": np.nan, "nll_final": np.nan}
+    start_a = (np.asarray(item.start.crystal.A_matrix) if item.start is not None else np.full((3, 3), np.nan))
+    lam0 = float(item.start.pulse.wavelengths_A @ item.start.pulse.weights) if item.start is not None else np.nan
+    model = res if res is not None and status != "failed" else None  # a failed fit has no model to report
+    a = np.asarray(model.A_matrix) if model is not None else np.full((3, 3), np.nan)
+    for j in range(9):
+        row[f"A0_{j // 3}{j % 3}"] = float(start_a.flat[j])
+    for j in range(9):
+        row[f"A{j // 3}{j % 3}"] = float(a.flat[j])
+    cell = model.cell if model is not None else (np.nan,) * 6
+    for name, v in zip(("a", "b", "c", "alpha", "beta", "gamma"), cell):
+        row[f"cell_{name}"] = float(v)
+    ncells = model.ncells if model is not None else (np.nan,) * 3
+    for name, v in zip(("na", "nb", "nc"), ncells):
+        row[f"ncells_{name}"] = float(v)
+    row["energy_start_kev"] = ENERGY_KEV_ANGSTROM / lam0 if np.isfinite(lam0) else np.nan
+    row["energy_kev"] = row["energy_start_kev"] * model.energy_factor if model is not None else np.nan
+    row["energy_refined"] = bool(model.energy_refined) if model is not None else False
+    row["scale_factor"] = float(model.scale_factor) if model is not None else np.nan
+    if res is not None:
+        row.update(converged=bool(res.converged), spots=int(res.shoeboxes), pixels=int(res.pixels),
+                   iterations=int(res.iterations), nll_start=float(res.nll_start), nll_final=float(res.nll_final))
+    return row
+
+
+def refine_shard(items: list[StillInput], sf: StructureFactorTable, noise: NoiseModel, space_group: str,
+                 reference_cell: tuple[float, ...] | None, settings: RefinementSettings, device: str | None = None,
+                 log=None) -> tuple[list[dict[str, Any]], list[RefinedStill | None]]:
+    """Refine every still of ``items``: the table's rows (one per frame) and the refined models (None where a
+    still had none to refine)."""
+    rows, refined = [], []
+    for item in items:
+        t0 = time.process_time()
+        res, status, message = None, "skipped", item.message
+        if item.start is not None:
+            message = _check_beam(item.beam_direction)
+            if not message:
+                try:
+                    res = refine_still(item.start, item.panel, sf, item.boxes, noise, space_group,
+                                       settings.still_settings(), reference_cell, device)
+                except ValueError as exc:  # a model the refinement cannot take (e.g. a cell off its space group)
+                    message = f"{type(exc).__name__}: {exc}"
+                if res is not None:
+                    status = "converged" if res.converged else ("failed" if res.pixels == 0 or not
+                                                                np.isfinite(res.nll_final) else "not converged")
+                    message = res.message
+        cpu = time.process_time() - t0
+        rows.append(still_row(item, res, status, message))
+        refined.append(res)
+        if log:
+            log.info("frame %d: %s (%s)%s", item.frame, status, message,
+                     f", {res.shoeboxes} shoeboxes, {res.pixels} px, NLL {res.nll_start:.1f} -> "
+                     f"{res.nll_final:.1f}, {cpu:.1f} CPU-s" if res is not None else "")
+    return rows, refined
+
+
+def detector_stills(items: list[StillInput], n_stills: int) -> list[StillInput]:
+    """The stills a dataset's detector is refined from: the ``n_stills`` with the most shoeboxes (ties by order)."""
+    usable = [it for it in items if it.start is not None and it.boxes is not None and it.boxes.n_boxes > 0
+              and not _check_beam(it.beam_direction)]
+    usable.sort(key=lambda it: -it.boxes.n_boxes)
+    return usable[:n_stills]
+
+
+def refine_dataset_detector(items: list[StillInput], sf: StructureFactorTable, noise: NoiseModel,
+                            space_group: str, reference_cell: tuple[float, ...] | None,
+                            settings: RefinementSettings, device: str | None = None) -> dict[str, Any]:
+    """The panel refined from the dataset's best stills (``detector_stills``), as a JSON-able record: the start
+    and refined panel, the distance and beam-centre shifts, the stills used and how the fit went."""
+    chosen = detector_stills(items, settings.detector_stills)
+    record: dict[str, Any] = {"stills": [int(it.frame) for it in chosen], "converged": False}
+    if not chosen:
+        record.update(message="no indexed still with shoeboxes to refine the detector from", distance_shift_mm=np.nan,
+                      beam_shift_px=[np.nan, np.nan], panel_start=None, panel=None)
+        return record
+    panel = chosen[0].panel
+    if any(it.panel != panel for it in chosen):
+        record.update(message="the stills were indexed on different panels: one detector cannot be refined",
+                      distance_shift_mm=np.nan, beam_shift_px=[np.nan, np.nan], panel_start=_panel_dict(panel),
+                      panel=None)
+        return record
+    still_cfg = RefineSettings(**{**settings.still_settings().__dict__, "refine_cell": False, "refine_energy": False})
+    res = refine_detector([it.start for it in chosen], [it.boxes for it in chosen], panel, sf, noise, space_group,
+                          still_cfg, reference_cell, device, settings.distance_bound_mm, settings.beam_bound_px)
+    record.update(message=res.message, converged=bool(res.converged), distance_shift_mm=float(res.distance_shift_mm),
+                  beam_shift_px=[float(v) for v in res.beam_shift_px], panel_start=_panel_dict(panel),
+                  panel=_panel_dict(res.panel), nll_start=float(res.nll_start), nll_final=float(res.nll_final),
+                  iterations=int(res.iterations),
+                  still_messages=[s.message for s in res.stills])
+    return record
+
+
+def _panel_dict(p: Panel) -> dict[str, Any]:
+    return {"origin_mm": list(p.origin_mm), "fast_axis": list(p.fast_axis), "slow_axis": list(p.slow_axis),
+            "pixel_size_mm": list(p.pixel_mm), "image_size": [p.n_fast, p.n_slow]}
+
+
+def mean_orientation(umats: np.ndarray) -> np.ndarray:
+    """The rotation whose vector is the mean of the domains' rotation vectors: a mosaic crystal's orientation
+    (its domain 0 is one of them)."""
+    vecs = []
+    for r in np.asarray(umats, float).reshape(-1, 3, 3):
+        angle = math.acos(float(np.clip((np.trace(r) - 1) / 2, -1, 1)))
+        if angle < 1e-12:
+            vecs.append(np.zeros(3))
+            continue
+        axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2 * math.sin(angle))
+        vecs.append(axis * angle)
+    v = np.mean(vecs, axis=0)
+    angle = float(np.linalg.norm(v))
+    return np.eye(3) if angle < 1e-15 else axis_angle_matrix(v / angle, angle)
+
+
+def refine_overlay_shard(export_path, frames_path, mtz_path, prior: StillPrior, settings: RefinementSettings,
+                         noise: NoiseModel, space_group: str, reference_cell: tuple[float, ...] | None,
+                         saturation_adu: float, device: str | None = None, log=None):
+    """The stills of one overlay shard as DIALS indexed them, refined: (the stills table, one ExptStill per still
+    with a refined model). Untrusted: pixels written as < 0 (gaps, bad pixels) and saturated ones."""
+    import gemmi
+
+    from ..formats import shards as S
+    from ..formats.dials_export import read_dials_export
+    from ..formats.expt import ExptStill
+    from ..shards import load_structure_factors
+
+    counts = S.read_images(frames_path)
+    export = read_dials_export(export_path, len(counts))
+    untrusted = (counts < 0) | (counts >= saturation_adu)
+    sf, _ = load_structure_factors(mtz_path)
+    items = still_inputs(export, counts, untrusted, prior, settings)
+    del counts, untrusted
+    rows, refined = refine_shard(items, sf, noise, space_group, reference_cell, settings, device, log)
+    hall = gemmi.SpaceGroup(space_group).hall
+    stills = []
+    frame_index = S.read_frame_arrays(frames_path)["frame_index"]
+    for row, item, res in zip(rows, items, refined):
+        row["frame_index"] = int(frame_index[item.frame])
+        row["expt_index"] = -1
+        if res is None or row["status"] == "failed":
+            continue
+        row["expt_index"] = len(stills)
+        lam = float(item.start.pulse.wavelengths_A @ item.start.pulse.weights) / res.energy_factor
+        stills.append(ExptStill(res.A_matrix, hall, lam, item.beam_direction, [item.panel], str(frames_path),
+                                item.frame, identifier=f"frame {row['frame_index']}",
+                                polarization_fraction=0.5 * (1.0 + prior.kahn_factor),
+                                polarization_angle_deg=math.degrees(math.atan2(prior.polarization_axis[1],
+                                                                               prior.polarization_axis[0])),
+                                sensor_thickness_mm=export["panel_parallax_t0_mm"][item.frame][:1],
+                                sensor_mu_per_mm=export["panel_parallax_mu_per_mm"][item.frame][:1],
+                                trusted_range=(-1.0, float(saturation_adu) - 1.0)))
+    return rows, stills
+
+
+def torch_device(choice: str, threads: int, log=None) -> str:
+    """The torch device of a refinement job (``refinement.device``: auto, cpu or cuda) with ``threads`` CPU
+    threads; logs which runs and why. cuda where none is visible is an error, not a silent CPU run."""
+    import torch
+
+    torch.set_num_threads(int(threads))
+    available = torch.cuda.is_available()
+    if choice == "cuda" and not available:
+        raise RuntimeError("config key 'refinement.device' is cuda, but torch sees no CUDA device")
+    device = "cuda" if choice == "cuda" or (choice == "auto" and available) else "cpu"
+    if log:
+        why = {"cuda": "asked for", "cpu": "asked for"}.get(choice, "a CUDA device is visible" if available
+                                                          else "no CUDA device is visible")
+        log.info("refinement runs on %s (%s; torch %s, %d CPU threads)", device, why, torch.__version__, threads)
+    return device
+
+
+STILLS_COLUMNS_FIRST = ("frame_index", "frame", "expt_index", "status", "converged", "message")
+
+
+def write_stills_table(path, rows: list[dict[str, Any]]) -> None:
+    """The stills table as tab-separated text, atomically (a shard without frames: the header alone)."""
+    import pandas as pd
+
+    from ..io import atomic_path
+
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table[[*STILLS_COLUMNS_FIRST, *[c for c in table.columns if c not in STILLS_COLUMNS_FIRST]]]
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.10g")
+
+
+def refine_overlay_detector(export_paths, frames_paths, mtz_path, prior: StillPrior, settings: RefinementSettings,
+                            noise: NoiseModel, space_group: str, reference_cell: tuple[float, ...] | None,
+                            saturation_adu: float, device: str | None = None) -> dict[str, Any]:
+    """A dataset's detector refined from its shards (``refine_dataset_detector``); the record names each still
+    used by its shard file and frame index."""
+    from ..formats import shards as S
+    from ..formats.dials_export import read_dials_export
+    from ..shards import load_structure_factors
+
+    if len(export_paths) != len(frames_paths):
+        raise ValueError(f"{len(export_paths)} DIALS exports but {len(frames_paths)} frame files")
+    items, names = [], []
+    for export_path, frames_path in zip(export_paths, frames_paths):
+        counts = S.read_images(frames_path)
+        export = read_dials_export(export_path, len(counts))
+        frame_index = S.read_frame_arrays(frames_path)["frame_index"]
+        for item in still_inputs(export, counts, (counts < 0) | (counts >= saturation_adu), prior, settings):
+            items.append(item)
+            names.append({"frames": str(frames_path), "frame_index": int(frame_index[item.frame])})
+    sf, _ = load_structure_factors(mtz_path)
+    # frames are numbered within their shard: number the dataset's stills by position instead
+    items = [replace(item, frame=k) for k, item in enumerate(items)]
+    record = refine_dataset_detector(items, sf, noise, space_group, reference_cell, settings, device)
+    record["stills"] = [names[k] for k in record["stills"]]
+    return record
+
+
+def write_detector_record(path, record: dict[str, Any]) -> None:
+    """The detector record as JSON, atomically (NaN written as null)."""
+    import json
+    from pathlib import Path
+
+    from ..io import atomic_path
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(clean(record), indent=1, sort_keys=True) + "\n")
