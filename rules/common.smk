@@ -193,6 +193,7 @@ REFINEMENT_PRIOR_KEYS = (
     "bandwidth_frac",
     "spectrum_samples",
     "oversample",
+    "sensor_layers",
 )
 
 

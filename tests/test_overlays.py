@@ -19,6 +19,7 @@ from conftest import RESOURCES, small_geometry
 
 BEAM = Beam(1e12, (1e-6, 1e-6), 0.99, 0.0)
 SIM = {"oversample": 1, "crystal_shape": "square", "rel_tol": 2e-4, "min_stored_photons": 1e-4, "psf_fwhm_um": 0.0,
+       "sensor_layers": 0,
        "ncells": {"dist": "uniform", "low": 20, "high": 30}, "ncells_per_axis": False, "mosaic_spread_deg": 0.05,
        "mosaic_domains": 2, "mosaic_model": "nanobragg", "spectrum_shape": "gaussian", "bandwidth_frac": 0.002,
        "spectrum_samples": 2, "energy_jitter_rel_sigma": 5e-4, "fluence_rel_sigma": 0.1}

@@ -26,13 +26,15 @@ from test_simulator import sf_table  # noqa: E402,F401 - fixture
 CELL = (67.288, 67.288, 106.582, 90.0, 90.0, 90.0)
 SIM = {"crystal_shape": "round", "ncells": {"dist": "uniform", "low": 30, "high": 50}, "mosaic_spread_deg": 0.05,
        "mosaic_domains": 3, "mosaic_model": "nanobragg", "spectrum_shape": "gaussian", "bandwidth_frac": 0.002,
-       "spectrum_samples": 3, "oversample": 1}
+       "spectrum_samples": 3, "oversample": 1, "sensor_layers": 0}
 BEAM = Beam.from_config({"photons_per_pulse": 3e12, "size_um": [1.0, 1.0], "polarization_fraction": 0.99,
-                         "polarization_angle_deg": 0.0}).at_wavelength(1.3)
+                         "polarization_angle_deg": 0.0, "divergence_mrad": [0.0, 0.0],
+                         "divergence_steps": [1, 1]}).at_wavelength(1.3)
 SETTINGS = RefinementSettings(shoebox_half_width_px=4, max_spots=150, ncells_per_axis=False, refine_cell=True,
                               refine_energy=True, nll_tolerance=0.01, max_rounds=25, iterations_per_round=20,
                               rotation_bound_deg=1.0, cell_bound_rel=0.05, ncells_bound_factor=4.0,
-                              energy_bound_rel=0.02, detector_stills=3, distance_bound_mm=5.0, beam_bound_px=10.0)
+                              energy_bound_rel=0.02, refine_mosaic=True, detector_stills=3, distance_bound_mm=5.0,
+                              beam_bound_px=10.0)
 
 
 def test_model_mosaic_keeps_the_crystal_orientation():

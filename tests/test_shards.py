@@ -9,12 +9,13 @@ import pytest
 from braggflow.beam import Beam
 from braggflow.errors import InputError
 from braggflow.formats.nxmx import nxmx_writer
-from braggflow.formats.shards import read_frame_arrays, read_images, read_truth
+from braggflow.formats.shards import read_attrs, read_frame_arrays, read_images, read_truth
 from braggflow.shards import THIN_SENSOR_MM, SimulationSettings, write_shard
 from conftest import ROOT, small_geometry, system_python_with
 
 BEAM = Beam(1e12, (1e-6, 1e-6), 0.99, 0.0)
 SIM = {"oversample": 1, "crystal_shape": "square", "rel_tol": 2e-4, "min_stored_photons": 1e-4, "psf_fwhm_um": 0.0,
+       "sensor_layers": 0,
        "ncells": {"dist": "uniform", "low": 20, "high": 30}, "ncells_per_axis": False, "mosaic_spread_deg": 0.05,
        "mosaic_domains": 3, "mosaic_model": "nanobragg", "spectrum_shape": "gaussian", "bandwidth_frac": 0.002,
        "spectrum_samples": 3, "energy_jitter_rel_sigma": 5e-4, "fluence_rel_sigma": 0.1}
@@ -132,3 +133,38 @@ def test_cpu_path_never_imports_cupy(tmp_path, mtz):
         "assert 'cupy' not in sys.modules, 'cupy imported on the CPU path'\n"
     ) % (str(ROOT / "tests"), str(ROOT / "src"), str(tmp_path), str(mtz))
     subprocess.run([__import__("sys").executable, "-c", code], check=True, timeout=300, cwd=ROOT / "tests")
+
+
+def test_a_simulated_sensor_is_stated_in_the_files_and_moves_the_spots(tmp_path, mtz):
+    from braggflow.formats.nxmx import read_sensor_thickness_mm
+
+    shard(tmp_path / "thin.h5", mtz, range(0, 1))
+    shard(tmp_path / "thick.h5", mtz, range(0, 1), sim=dict(SIM, sensor_layers=2))
+    assert read_sensor_thickness_mm(tmp_path / "thin.h5") == THIN_SENSOR_MM
+    g = small_geometry()
+    assert read_sensor_thickness_mm(tmp_path / "thick.h5") == g.sensor_thickness_mm > 0.1
+    thin, thick = read_truth(tmp_path / "thin.h5"), read_truth(tmp_path / "thick.h5")
+    assert (thin[["h", "k", "l"]].to_numpy() == thick[["h", "k", "l"]].to_numpy()).all()
+    c = np.array(g.beam_center_px)
+    r0 = np.hypot(thin.x_px - c[0], thin.y_px - c[1])
+    r1 = np.hypot(thick.x_px - c[0], thick.y_px - c[1])
+    far = r0 > 50
+    assert far.sum() > 5 and ((r1 - r0)[far] > 0.01).all()  # parallax: outward, more at larger angles
+    # the sensor stops less than every photon
+    assert read_images(tmp_path / "thick.h5").sum() < read_images(tmp_path / "thin.h5").sum()
+    assert json.loads(read_attrs(tmp_path / "thick.h5")["simulation"])["sensor_layers"] == 2
+
+
+def test_a_divergent_beam_reaches_the_frames_and_their_provenance(tmp_path, mtz):
+    from dataclasses import replace
+
+    g = small_geometry()
+    beam = replace(BEAM, divergence_mrad=(4.0, 2.0), divergence_steps=(3, 3))
+    settings = SimulationSettings.from_config(SIM, g, beam)
+    write_shard(tmp_path / "div.h5", mtz_path=mtz, geometry=g, beam=beam, settings=settings, seed=11,
+                dataset="7keV_100mm", dataset_index=4, frames=range(0, 1), structure="1ic6")
+    shard(tmp_path / "par.h5", mtz, range(0, 1))
+    div, par = read_images(tmp_path / "div.h5"), read_images(tmp_path / "par.h5")
+    assert np.abs(div - par).max() > 0.05 * par.max()  # 5 directions x 3 spectrum samples
+    assert div.sum() == pytest.approx(par.sum(), rel=0.05)
+    assert json.loads(read_attrs(tmp_path / "div.h5")["simulation"])["beam"]["divergence_mrad"] == [4.0, 2.0]

@@ -10,7 +10,8 @@ from typing import Any
 from .settings import canonical
 
 
-BEAM_KEYS = ("photons_per_pulse", "size_um", "polarization_fraction", "polarization_angle_deg")
+BEAM_KEYS = ("photons_per_pulse", "size_um", "polarization_fraction", "polarization_angle_deg", "divergence_mrad",
+             "divergence_steps")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class Beam:
     polarization_fraction: float  # fraction of the intensity with its E-vector in the polarization plane
     polarization_angle_deg: float  # E-vector direction: from lab x (detector fast) toward lab +y
     wavelength_angstrom: float | None = None  # central wavelength: None for the config's beam, set per dataset
+    divergence_mrad: tuple[float, float] = (0.0, 0.0)  # full angular ranges (horizontal, vertical)
+    divergence_steps: tuple[int, int] = (1, 1)  # incident directions sampled per axis (nanoBragg's -h/-vdivsteps)
 
     def __post_init__(self):
         if not self.photons_per_pulse > 0:
@@ -30,6 +33,31 @@ class Beam:
             raise ValueError(f"beam.polarization_fraction must be in [0, 1], got {self.polarization_fraction}")
         if self.wavelength_angstrom is not None and not self.wavelength_angstrom > 0:
             raise ValueError(f"beam wavelength must be > 0 A, got {self.wavelength_angstrom}")
+        object.__setattr__(self, "divergence_mrad", tuple(float(v) for v in self.divergence_mrad))
+        object.__setattr__(self, "divergence_steps", tuple(int(v) for v in self.divergence_steps))
+        if not all(v >= 0 and math.isfinite(v) for v in self.divergence_mrad):
+            raise ValueError(f"beam.divergence_mrad must be >= 0, got {list(self.divergence_mrad)}")
+        if not all(v >= 1 for v in self.divergence_steps):
+            raise ValueError(f"beam.divergence_steps must be >= 1, got {list(self.divergence_steps)}")
+
+    @property
+    def divergent(self) -> bool:
+        return any(r > 0 and n > 1 for r, n in zip(self.divergence_mrad, self.divergence_steps))
+
+    def sources(self, wavelengths_angstrom, weights):
+        """The pulse's sources: every spectrum sample (wavelengths, weights) from every incident direction of the
+        divergent beam (nanoBragg's elliptical grid, equal weights): (wavelengths, weights, directions or None)."""
+        import numpy as np
+
+        from .simulator import divergent_directions
+
+        lam, w = np.asarray(wavelengths_angstrom, float), np.asarray(weights, float)
+        if not self.divergent:
+            return lam, w, None
+        dirs = divergent_directions(self.divergence_mrad[0] * 1e-3, self.divergence_mrad[1] * 1e-3,
+                                    self.divergence_steps[0], self.divergence_steps[1], self.polarization_axis)
+        n = len(dirs)
+        return np.repeat(lam, n), np.repeat(w, n) / n, np.tile(dirs, (len(lam), 1))
 
     def at_wavelength(self, wavelength_angstrom: float) -> "Beam":
         """This beam at a dataset's or an experiment's central wavelength."""
@@ -63,6 +91,7 @@ class Beam:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["size_m"] = list(self.size_m)
+        d["divergence_mrad"], d["divergence_steps"] = list(self.divergence_mrad), list(self.divergence_steps)
         if d["wavelength_angstrom"] is None:
             del d["wavelength_angstrom"]  # the config's beam: provenance as before a wavelength was known
         return d
@@ -79,4 +108,6 @@ class Beam:
             size_m=(beam_cfg["size_um"][0] * 1e-6, beam_cfg["size_um"][1] * 1e-6),
             polarization_fraction=float(beam_cfg["polarization_fraction"]),
             polarization_angle_deg=float(beam_cfg["polarization_angle_deg"]),
+            divergence_mrad=tuple(beam_cfg["divergence_mrad"]),
+            divergence_steps=tuple(beam_cfg["divergence_steps"]),
         )

@@ -51,8 +51,10 @@ def _ray_to_px(origin, fast, slow, pixel, rays, shift_mm=None):
 
 @dataclass(frozen=True)
 class Panel:
-    """One flat panel. ``origin_mm`` is the lab position of the outer corner of pixel (0, 0);
-    ``pixel_size_mm`` is along fast, ``pixel_size_slow_mm`` along slow (None: square pixels)."""
+    """One flat panel. ``origin_mm`` is the lab position of the outer corner of pixel (0, 0) on the sensor's front
+    face; ``pixel_size_mm`` is along fast, ``pixel_size_slow_mm`` along slow (None: square pixels).
+    ``thickness_mm`` and ``mu_per_mm``: the sensor's thickness and linear attenuation coefficient (0: a thin
+    sensor, every photon counted at the front face; the simulator's default)."""
 
     origin_mm: tuple[float, float, float]
     fast_axis: tuple[float, float, float]
@@ -62,8 +64,17 @@ class Panel:
     n_slow: int
     pixel_size_slow_mm: float | None = None
     name: str = "panel0"
+    thickness_mm: float = 0.0
+    mu_per_mm: float = 0.0
 
     def __post_init__(self) -> None:
+        for field in ("thickness_mm", "mu_per_mm"):
+            value = getattr(self, field)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"Panel.{field} must be >= 0, got {value!r}")
+            object.__setattr__(self, field, float(value))
+        if self.thickness_mm > 0 and self.mu_per_mm <= 0:
+            raise ValueError("Panel.mu_per_mm must be > 0 for a sensor of thickness > 0")
         for field in ("origin_mm", "fast_axis", "slow_axis"):
             object.__setattr__(self, field, _vec3(getattr(self, field), f"Panel.{field}"))
         for field in ("fast_axis", "slow_axis"):
@@ -143,7 +154,25 @@ class Panel:
         fast, slow = r @ np.asarray(self.fast_axis), r @ np.asarray(self.slow_axis)
         return Panel(tuple(r @ np.asarray(self.origin_mm)), tuple(fast / np.linalg.norm(fast)),
                      tuple(slow / np.linalg.norm(slow)), self.pixel_size_mm, self.n_fast, self.n_slow,
-                     self.pixel_size_slow_mm, self.name)
+                     self.pixel_size_slow_mm, self.name, self.thickness_mm, self.mu_per_mm)
+
+    @property
+    def outward_normal(self) -> np.ndarray:
+        """Unit normal pointing away from the sample (into the sensor)."""
+        n = self.normal
+        return n * np.sign(np.dot(self.origin_mm, n))
+
+    def mean_path_mm(self, rays: ArrayLike) -> np.ndarray:
+        """Mean path length in the sensor of photons absorbed along unit ``rays`` (n, 3) (those it stops):
+        1/mu - (t/cos + 1/mu) exp(-mu t / cos), cos = ray . outward normal (dxtbx's parallax correction); 0 for
+        a thin sensor and for rays that do not enter it."""
+        d = np.atleast_2d(np.asarray(rays, float))
+        if self.thickness_mm <= 0:
+            return np.zeros(len(d))
+        cos = d @ self.outward_normal
+        c = np.where(cos > 0, cos, 1.0)
+        mu, t = self.mu_per_mm, self.thickness_mm
+        return np.where(cos > 0, 1.0 / mu - (t / c + 1.0 / mu) * np.exp(-mu * t / c), 0.0)
 
 
 def two_theta_rad(lab_mm: ArrayLike, beam_direction: ArrayLike = INCIDENT_UNIT) -> np.ndarray:

@@ -7,7 +7,7 @@ as (fast, slow) px; lab frame with the beam along -z and the detector at z = -ca
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -67,10 +67,19 @@ class Geometry:
         d["beam_center_px"] = tuple(d["beam_center_px"])
         return cls(**d)
 
-    def panel(self) -> Panel:
-        """The detector as one flat panel normal to the beam (dxtbx lab frame: beam along -z, fast = +x, slow = -y)."""
-        return Panel.from_beam_center(self.camera_length_m * 1e3, self.beam_center_px, self.pixel_size_m * 1e3,
-                                      self.n_fast, self.n_slow)
+    def panel(self, sensor: bool = False) -> Panel:
+        """The detector as one flat panel normal to the beam (dxtbx lab frame: beam along -z, fast = +x, slow = -y);
+        ``sensor``: with the sensor's thickness and attenuation at this energy (else a thin sensor)."""
+        panel = Panel.from_beam_center(self.camera_length_m * 1e3, self.beam_center_px, self.pixel_size_m * 1e3,
+                                       self.n_fast, self.n_slow)
+        if not sensor:
+            return panel
+        return replace(panel, thickness_mm=self.sensor_thickness_mm, mu_per_mm=self.sensor_mu_per_mm())
+
+    def sensor_mu_per_mm(self) -> float:
+        """The sensor's linear attenuation coefficient at this energy (xraydb's tables, the material's density;
+        within 0.2 % of the cctbx table dxtbx corrects the parallax with, for Si at 6-13 keV)."""
+        return sensor_mu_per_mm(self.sensor_material, self.energy_kev)
 
     def detector(self) -> Detector:
         return Detector((self.panel(),))
@@ -95,6 +104,21 @@ class Geometry:
         if mask is None:
             return np.zeros((self.n_slow, self.n_fast), dtype=bool)
         return np.asarray(mask, dtype=bool)
+
+
+def sensor_mu_per_mm(material: str, energy_kev: float) -> float:
+    """Linear attenuation coefficient (1/mm) of a sensor material (a formula xraydb knows: Si, CdTe, GaAs, Ge, ...)
+    at a photon energy."""
+    import xraydb
+
+    try:
+        _, density = xraydb.get_material(material)
+    except Exception:
+        density = None
+    if density is None:
+        raise ValueError(f"config key 'detector.sensor_material': {material!r} is not a material xraydb knows "
+                         "(e.g. Si, CdTe, GaAs)")
+    return float(xraydb.material_mu(material, energy_kev * 1e3, density=density)) / 10.0  # 1/cm -> 1/mm
 
 
 def _gap_intervals(value: Any, n_slow: int, n_fast: int) -> tuple[tuple[tuple[int, int], ...], ...]:

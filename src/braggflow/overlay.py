@@ -33,9 +33,8 @@ from scipy import ndimage
 from .errors import InputError
 from .geometry import Geometry
 from .formats import shards as S
-from .formats.nxmx import DEAD_BIT, GAP_BIT, nxmx_writer, read_geometry
+from .formats.nxmx import DEAD_BIT, GAP_BIT, nxmx_writer, read_geometry, read_sensor_thickness_mm
 from .settings import Section
-from .shards import THIN_SENSOR_MM
 from .formats.background import read_background
 
 if TYPE_CHECKING:  # the overlay job runs without pandas (~0.5 CPU-s to import)
@@ -176,7 +175,8 @@ def write_overlay(path: str | Path, *, peaks_path: str | Path, water_path: str |
     visible_truth: list[dict[str, np.ndarray]] = []
     geometry = peaks_geometry
     with nxmx_writer(path, geometry, n_frames, np.int32, frames["central_wavelength_angstrom"], mask=pixel_mask,
-                     saturation_value=settings.saturation_adu, sensor_thickness_mm=THIN_SENSOR_MM) as (f, data):
+                     saturation_value=settings.saturation_adu,
+                     sensor_thickness_mm=read_sensor_thickness_mm(peaks_path)) as (f, data):
         label_ds = S.create_labels(f, data.shape)
         for i in range(n_frames):
             frame_index = int(frames["frame_index"][i])

@@ -37,14 +37,15 @@ from .simulator import (Crystal, Numerics, Panel, Pulse, Still, StructureFactorT
 DRAW_KEYS = ("ncells", "ncells_per_axis", "mosaic_spread_deg", "mosaic_domains", "mosaic_model", "spectrum_shape",
              "bandwidth_frac", "spectrum_samples", "energy_jitter_rel_sigma", "fluence_rel_sigma")
 DEFAULT_MAX_DETECTOR_BYTES = 4 * 2**30
-# The simulator treats the sensor as thin (no parallax). The files say so, so that DIALS applies no
+# A thin sensor (simulation.sensor_layers: 0, no parallax): the files say so, so that DIALS applies no
 # sensor-depth correction either: dxtbx needs a positive thickness, and 0.1 um shifts spots < 0.001 px.
 THIN_SENSOR_MM = 1e-4
 
 
 # The simulation keys that make a shard's bytes (the rest of the section, structures, frames_per_dataset,
 # frames_per_shard and backend, chooses which jobs run and where, not what a frame holds).
-SIMULATION_KEYS = DRAW_KEYS + ("oversample", "crystal_shape", "rel_tol", "min_stored_photons", "psf_fwhm_um")
+SIMULATION_KEYS = DRAW_KEYS + ("oversample", "crystal_shape", "rel_tol", "min_stored_photons", "psf_fwhm_um",
+                               "sensor_layers")
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,18 @@ class SimulationSettings:
     rel_tol: float
     min_stored_photons: float  # pixels below are stored as 0: sub-photon tails do not compress
     psf_fwhm_um: float  # detector point-spread (nanoBragg's Gaussian PSF); 0: none
+    sensor_layers: int = 0  # the sensor's thickness and absorption in this many layers; 0: a thin sensor
+
+    def sensor_thickness_mm(self, geometry: Geometry) -> float:
+        """What the files state: the real thickness where the sensor is simulated, else THIN_SENSOR_MM."""
+        return geometry.sensor_thickness_mm if self.sensor_layers else THIN_SENSOR_MM
 
     def provenance(self) -> dict[str, Any]:
         """What a shard records of how it was simulated."""
         return {"draws": _jsonable(self.draws.__dict__), "oversample": self.oversample,
                 "crystal_shape": self.crystal_shape, "rel_tol": self.rel_tol,
-                "min_stored_photons": self.min_stored_photons, "psf_fwhm_um": self.psf_fwhm_um}
+                "min_stored_photons": self.min_stored_photons, "psf_fwhm_um": self.psf_fwhm_um,
+                "sensor_layers": self.sensor_layers}
 
     @staticmethod
     def params(sim: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +91,7 @@ class SimulationSettings:
         if not (psf >= 0 and math.isfinite(psf)):
             raise ValueError(f"config key 'simulation.psf_fwhm_um': value {psf!r} must be >= 0")
         return cls(draws, int(sim["oversample"]), sim["crystal_shape"], float(sim["rel_tol"]),
-                   float(sim["min_stored_photons"]), psf)
+                   float(sim["min_stored_photons"]), psf, int(sim["sensor_layers"]))
 
 
 def b_matrix(cell: tuple[float, float, float, float, float, float]) -> np.ndarray:
@@ -108,13 +115,13 @@ def frame_indices(shard: int, frames_per_shard: int, frames_per_dataset: int) ->
 
 
 def frame_still(draws: FrameDraws, b: np.ndarray, settings: SimulationSettings, beam: Beam) -> Still:
+    lam, w, directions = beam.sources(draws.wavelengths_A, draws.weights)  # a divergent beam: more sources
     return Still(
         Crystal(A_matrix=draws.orientation @ b, ncells=draws.ncells, shape=settings.crystal_shape,
                 mosaic_umats=draws.mosaic_umats),
-        Pulse(wavelengths_A=draws.wavelengths_A, weights=draws.weights,
-              fluence_photons_per_m2=draws.fluence_photons_per_m2, kahn_factor=beam.kahn_factor,
-              polarization_axis=beam.polarization_axis),
-        Numerics(oversample=settings.oversample))
+        Pulse(lam, weights=w, directions=directions, fluence_photons_per_m2=draws.fluence_photons_per_m2,
+              kahn_factor=beam.kahn_factor, polarization_axis=beam.polarization_axis),
+        Numerics(oversample=settings.oversample, sensor_layers=max(settings.sensor_layers, 1)))
 
 
 def simulate_frame(draws: FrameDraws, b: np.ndarray, sf: StructureFactorTable, detector: Panel,
@@ -154,7 +161,7 @@ def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, b
         log.info(backend_line)
     sf, cell = load_structure_factors(mtz_path)
     b = b_matrix(cell)
-    det = geometry.panel()
+    det = geometry.panel(sensor=settings.sensor_layers > 0)
     draws = [draw_frame(settings.draws, seed, dataset_index, i) for i in frames]
     n = len(draws)
     truth_rows: dict[str, list[np.ndarray]] = {c: [] for c in TRUTH_COLUMNS}
@@ -163,7 +170,7 @@ def write_shard(path: str | Path, *, mtz_path: str | Path, geometry: Geometry, b
     seconds = []
     with nxmx_writer(path, geometry, n, np.float32, [d.central_wavelength_A for d in draws],
                      mask=geometry.gap_mask().astype(np.int32), compression=IMAGE_COMPRESSION,
-                     sensor_thickness_mm=THIN_SENSOR_MM) as (f, data):
+                     sensor_thickness_mm=settings.sensor_thickness_mm(geometry)) as (f, data):
         for i, d in enumerate(draws):
             t0 = time.perf_counter()
             image, truth = simulate_frame(d, b, sf, det, settings, beam, xp)

@@ -130,6 +130,12 @@ def read_geometry(path: str | Path) -> Geometry:
         return Geometry.from_dict(json.loads(f[GEOMETRY_PATH][()]))
 
 
+def read_sensor_thickness_mm(path: str | Path) -> float:
+    """The sensor thickness a braggflow NXmx file states (what its frames were simulated with)."""
+    with h5py.File(path, "r") as f:
+        return float(f["entry/instrument/detector/sensor_thickness"][()])
+
+
 def read_nxmx_geometry(f: h5py.File, path, shape) -> Geometry:
     """Another program's NXmx detector metadata (``path`` names the file in errors): distance, beam centre, pixel size (NXdetector), wavelength (NXbeam)."""
     det = next((f[p] for p in ("entry/instrument/detector", "entry_1/instrument_1/detector_1") if p in f), None)

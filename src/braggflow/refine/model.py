@@ -108,8 +108,19 @@ class TorchStill:
     first_subpixel_factors: bool
     kahn: float
     interpolate: bool
+    incident: torch.Tensor  # (S, 3) each source's incident unit vector (beam divergence)
+    inc_pol: torch.Tensor  # (3,) the direction polarization is evaluated with (the simulator's _Setup.inc_pol)
+    thickness_mm: float  # the sensor (0: thin); Numerics.sensor_layers layers, as the simulator takes them
+    mu_per_mm: float
+    layers: int
+    layer_mean_depth: bool
     e_in: torch.Tensor  # (3,) polarization basis (E, B)
     b_in: torch.Tensor
+
+
+def _mean_direction(p) -> np.ndarray:
+    d = p.weights @ p.incident()
+    return d / np.linalg.norm(d)
 
 
 def torch_still(still: Still, panel: Panel, dtype=torch.float64, device=None) -> TorchStill:
@@ -127,7 +138,11 @@ def torch_still(still: Still, panel: Panel, dtype=torch.float64, device=None) ->
                       fast_axis=t(panel.fast_axis), slow_axis=t(panel.slow_axis), pixel_mm=float(panel.pixel_size_mm),
                       shape=c.shape, fudge=float(n.fudge), oversample=int(n.oversample),
                       first_subpixel_factors=bool(n.first_subpixel_factors), kahn=float(p.kahn_factor),
-                      interpolate=n.interpolates(c.ncells),
+                      interpolate=n.interpolates(c.ncells), incident=t(p.incident()),
+                      inc_pol=t(p.incident()[0] if n.first_subpixel_factors else _mean_direction(p)),
+                      thickness_mm=float(panel.thickness_mm),
+                      mu_per_mm=float(panel.mu_per_mm), layers=n.sensor_layers if panel.thickness_mm > 0 else 0,
+                      layer_mean_depth=n.layer_depth == "mean",
                       e_in=t(e_in), b_in=t(b_in))
 
 
@@ -168,20 +183,49 @@ def lattice_sq(dh: torch.Tensor, dk: torch.Tensor, dl: torch.Tensor, ts: TorchSt
     raise ValueError(f"unknown crystal shape {ts.shape!r}")
 
 
-def _geometry(pos: torch.Tensor, ts: TorchStill) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit diffracted directions d (P, 3) and Omega * P (P,) of lab positions (P, 3) mm."""
+def _geometry(pos: torch.Tensor, ts: TorchStill, close: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit diffracted directions d (P, 3) and Omega * P (P,) of lab positions (P, 3) mm; ``close``: the distance
+    of the plane they lie in (default the panel's front face)."""
     r = torch.linalg.vector_norm(pos, dim=-1)
     d = pos / r[:, None]
-    normal = torch.linalg.cross(ts.fast_axis, ts.slow_axis)
-    normal = normal / torch.linalg.vector_norm(normal)
-    close = torch.abs(ts.origin_mm @ normal)
+    if close is None:
+        close = torch.abs(ts.origin_mm @ _normal(ts))
     omega = ts.pixel_mm ** 2 * close / r ** 3
-    c = -d[:, 2]  # cos 2theta, incident (0, 0, -1)
+    c = d @ ts.inc_pol  # cos 2theta (one incident direction for all sources, as the simulator)
     pol = 1.0 + c * c
     if ts.kahn != 0.0:
         de, db = d @ ts.e_in, d @ ts.b_in
         pol = pol - ts.kahn * (de * de - db * db)
     return d, 0.5 * omega * pol
+
+
+def _normal(ts: TorchStill) -> torch.Tensor:
+    normal = torch.linalg.cross(ts.fast_axis, ts.slow_axis)
+    return normal / torch.linalg.vector_norm(normal)
+
+
+def _layers(pos: torch.Tensor, ts: TorchStill):
+    """The simulator's sensor layers (``simulator.kernels._sensor_layers``) below front-face positions (P, 3):
+    per layer (positions, capture fraction or None, plane distance or None)."""
+    if not ts.layers:
+        yield pos, None, None
+        return
+    n = _normal(ts)
+    n = n * torch.sign(ts.origin_mm @ n)  # away from the sample
+    close0 = ts.origin_mm @ n
+    cos = (pos @ n) / torch.linalg.vector_norm(pos, dim=-1)
+    dt = ts.thickness_mm / ts.layers
+    x = (ts.mu_per_mm * dt) / cos
+    frac = None
+    if ts.layer_mean_depth:
+        small = x < 1e-4
+        xs = torch.where(small, torch.ones_like(x), x)
+        frac = torch.where(small, 0.5 - x / 12.0, 1.0 / xs - 1.0 / torch.expm1(xs))
+    for i in range(ts.layers):
+        capture = torch.exp(-i * x) * (-torch.expm1(-x))
+        z = dt * (i + frac) if frac is not None else torch.full_like(x, dt * i)
+        yield pos + z[:, None] * n, capture, (close0 + z if frac is not None else None)
 
 
 def expected_photons(ts: TorchStill, f2: F2Table, fast_px: torch.Tensor, slow_px: torch.Tensor) -> torch.Tensor:
@@ -192,33 +236,35 @@ def expected_photons(ts: TorchStill, f2: F2Table, fast_px: torch.Tensor, slow_px
     os_ = ts.oversample
     real = torch.linalg.inv(ts.A)  # rows a, b, c
     m_dom = real[None] @ ts.umats.transpose(1, 2)  # (M, 3, 3): h = m_dom[m] @ (d - incident) * kappa
-    incident = torch.tensor([0.0, 0.0, -1.0], dtype=dtype, device=ts.A.device)
     kap = ts.kappa[:, None]  # (S, 1)
     acc = torch.zeros_like(iu)
-    g_first = None
+    first: dict = {}
     for b in range(os_):  # slow sub-pixel index, as nanoBragg's subS
         for a in range(os_):
             u = iu + (a + 0.5) / os_
             v = jv + (b + 0.5) / os_
-            pos = ts.origin_mm + (u * ts.pixel_mm)[:, None] * ts.fast_axis + (v * ts.pixel_mm)[:, None] * ts.slow_axis
-            d, g = _geometry(pos, ts)
-            if ts.first_subpixel_factors:
-                g_first = g if g_first is None else g_first
-                g = g_first
-            q = d - incident  # (P, 3)
-            sub = torch.zeros_like(iu)
-            for m in range(m_dom.shape[0]):
-                base = q @ m_dom[m].T  # (P, 3) indices per unit 1/lambda
-                h = base[None] * kap[..., None]  # (S, P, 3)
-                with torch.no_grad():
-                    h0 = torch.ceil(h - 0.5)
-                dh = h - h0
-                if ts.interpolate:
-                    fsq = f2.interpolated(h[..., 0], h[..., 1], h[..., 2], h0[..., 0], h0[..., 1], h0[..., 2])
-                else:
-                    fsq = f2.lookup(h0[..., 0], h0[..., 1], h0[..., 2])
-                val = lattice_sq(dh[..., 0], dh[..., 1], dh[..., 2], ts) * fsq
-                sub = sub + ts.weights @ val
-            acc = acc + sub * g
+            front = (ts.origin_mm + (u * ts.pixel_mm)[:, None] * ts.fast_axis
+                     + (v * ts.pixel_mm)[:, None] * ts.slow_axis)
+            for layer, (pos, capture, close) in enumerate(_layers(front, ts)):
+                d, g = _geometry(pos, ts, close)
+                if ts.first_subpixel_factors:
+                    g_first = first.setdefault("g", g)
+                    g = g_first if capture is None else g_first * first.setdefault(layer, capture)
+                elif capture is not None:
+                    g = g * capture
+                sub = torch.zeros_like(iu)
+                for m in range(m_dom.shape[0]):
+                    # h = M_m (d - i_s) kappa_s, each source its own incident direction
+                    h = (d @ m_dom[m].T)[None] * kap[..., None] - ((ts.incident @ m_dom[m].T) * kap)[:, None, :]
+                    with torch.no_grad():
+                        h0 = torch.ceil(h - 0.5)
+                    dh = h - h0
+                    if ts.interpolate:
+                        fsq = f2.interpolated(h[..., 0], h[..., 1], h[..., 2], h0[..., 0], h0[..., 1], h0[..., 2])
+                    else:
+                        fsq = f2.lookup(h0[..., 0], h0[..., 1], h0[..., 2])
+                    val = lattice_sq(dh[..., 0], dh[..., 1], dh[..., 2], ts) * fsq
+                    sub = sub + ts.weights @ val
+                acc = acc + sub * g
     return acc * (ts.scale / (os_ * os_ * m_dom.shape[0]))
 

@@ -1,11 +1,12 @@
 """The refinement scored against the simulation's truth: DIALS' model (before) and the refined one (after).
 
-Per still: misorientation (against the crystal's A, domain 0 of its mosaic, and against the domains' mean
-orientation, which is what the spots of a mosaic crystal fix), the largest relative cell-edge error, Ncells against
+Per still: misorientation (against the crystal's A, domain 0 of its mosaic, and, domains' mean orientation
+against domains' mean orientation, which is what the spots of a mosaic crystal fix: a refinement of the domains
+cannot tell which of them is "the crystal's"), the largest relative cell-edge error, Ncells against
 the drawn one, the central photon energy against the drawn one, and the RMSD of predicted against true spot
 positions over DIALS' integrated reflections matched to the truth (``dials_tables``), on the panel DIALS used.
 Before: DIALS' own prediction (xyzcal, its stills predictor). After: the refined model's, where its spots centre
-(``simulator.spot_centroids``, the truth's own definition, with the prior's spectrum and domains). Two more
+(``simulator.spot_centroids``, the truth's own definition, with the prior's spectrum and the refined domains). Two more
 columns separate the predictor from the crystal model: DIALS' stills predictor with the refined A and wavelength
 (``_stills``: what DIALS computes from the refined .expt), and the model's centroids with DIALS' A
 (``_dials_model``). Offsets are split into radial (along the line from the direct beam to the true spot) and
@@ -24,7 +25,7 @@ from ..dials import _point_group_hkl_ops, _rotation_angle_deg, match_setting
 from ..evaluate.summary import resolution_edges
 from ..simulator import spot_centroids
 from ..stills import predicted_positions
-from .shard import ENERGY_KEV_ANGSTROM, StillPrior, beam_of, export_detector, mean_orientation
+from .shard import ENERGY_KEV_ANGSTROM, StillPrior, beam_of, export_detector, mean_orientation, refined_mosaic
 
 
 def _a(row: pd.Series, prefix: str) -> np.ndarray:
@@ -62,7 +63,10 @@ def score_refined_shard(stills: pd.DataFrame, dials_frames: pd.DataFrame, dials_
                 continue
             m, angle = match_setting(a, a_true, ops)
             row[f"misorientation_{when}_deg"] = angle
-            row[f"misorientation_mean_{when}_deg"] = _rotation_angle_deg(a @ np.linalg.inv(a_mean @ m))
+            # a mosaic crystal's orientation: its domains' mean (the refined model's own domains where it has them;
+            # which domain is "the crystal's" the spots cannot tell)
+            a_model = mean_orientation(refined_mosaic(s, prior)) @ a if when == "refined" else a
+            row[f"misorientation_mean_{when}_deg"] = _rotation_angle_deg(a_model @ np.linalg.inv(a_mean @ m))
             cell = np.array(_cell_lengths(a))
             row[f"cell_error_{when}_rel"] = float(np.max(np.abs(np.sort(cell) - np.sort(true_cell[:3]))
                                                          / np.sort(true_cell[:3])))
@@ -87,7 +91,7 @@ def score_refined_shard(stills: pd.DataFrame, dials_frames: pd.DataFrame, dials_
             ncells = (float(s.ncells_na), float(s.ncells_nb), float(s.ncells_nc))
             model = prior.still(_a(s, "A"), lam)
             model = type(model)(type(model.crystal)(model.crystal.A_matrix, ncells=ncells, shape=model.crystal.shape,
-                                                    mosaic_umats=model.crystal.mosaic_umats), model.pulse,
+                                                    mosaic_umats=refined_mosaic(s, prior)), model.pulse,
                                 model.numerics)
             xy = spot_centroids(model, det[0], hkl)
             dials_model_xy = spot_centroids(prior.still(_a(s, "A0_"), lam0), det[0], hkl)

@@ -47,6 +47,7 @@ class RefinementSettings(Section):
     cell_bound_rel: float
     ncells_bound_factor: float
     energy_bound_rel: float
+    refine_mosaic: bool
     detector_stills: int
     distance_bound_mm: float
     beam_bound_px: float
@@ -56,7 +57,8 @@ class RefinementSettings(Section):
                               refine_energy=self.refine_energy, max_rounds=self.max_rounds,
                               iterations_per_round=self.iterations_per_round, nll_tolerance=self.nll_tolerance,
                               rotation_bound_deg=self.rotation_bound_deg, cell_bound_rel=self.cell_bound_rel,
-                              ncells_bound_factor=self.ncells_bound_factor, energy_bound_rel=self.energy_bound_rel)
+                              ncells_bound_factor=self.ncells_bound_factor, energy_bound_rel=self.energy_bound_rel,
+                              refine_mosaic=self.refine_mosaic)
 
 
 def _ncells_start(spec: dict[str, Any]) -> float:
@@ -95,6 +97,8 @@ class StillPrior:
     kahn_factor: float
     polarization_axis: tuple[float, float, float]
     oversample: int
+    sensor_layers: int = 1  # a thick sensor's layers (the panel, from DIALS' geometry, has its thickness)
+    beam: Any = None  # braggflow.beam.Beam: its divergence makes each spectrum sample several sources
 
     @classmethod
     def from_config(cls, sim: dict[str, Any], beam) -> "StillPrior":
@@ -105,26 +109,37 @@ class StillPrior:
         return cls(sim["crystal_shape"], _ncells_start(sim["ncells"]),
                    model_mosaic(float(sim["mosaic_spread_deg"]), int(sim["mosaic_domains"]), sim["mosaic_model"]),
                    lam - 1.0, w, float(beam.fluence_per_m2), float(beam.kahn_factor),
-                   tuple(beam.polarization_axis), int(sim["oversample"]))
+                   tuple(beam.polarization_axis), int(sim["oversample"]), max(int(sim["sensor_layers"]), 1), beam)
+
+    def sources(self, wavelengths: np.ndarray):
+        """(wavelengths, weights, directions) of the model's pulse: the beam's divergence, as simulated."""
+        if self.beam is None:
+            return wavelengths, self.spectrum_weights, None
+        return self.beam.sources(wavelengths, self.spectrum_weights)
 
     def still(self, a_matrix: np.ndarray, central_wavelength_angstrom: float) -> Still:
         n = (self.ncells,) * 3
+        lam, w, directions = self.sources(central_wavelength_angstrom * (1.0 + self.spectrum_offsets))
         return Still(Crystal(np.asarray(a_matrix, float).reshape(3, 3), ncells=n, shape=self.crystal_shape,
                              mosaic_umats=self.mosaic_umats),
-                     Pulse(central_wavelength_angstrom * (1.0 + self.spectrum_offsets), weights=self.spectrum_weights,
-                           fluence_photons_per_m2=self.fluence_photons_per_m2, kahn_factor=self.kahn_factor,
-                           polarization_axis=self.polarization_axis),
-                     Numerics(oversample=self.oversample))
+                     Pulse(lam, weights=w, directions=directions, fluence_photons_per_m2=self.fluence_photons_per_m2,
+                           kahn_factor=self.kahn_factor, polarization_axis=self.polarization_axis),
+                     Numerics(oversample=self.oversample, sensor_layers=self.sensor_layers))
 
 
 def export_detector(export: dict[str, np.ndarray], i: int) -> Detector | None:
-    """The panels DIALS used for frame ``i`` (None where the export has no geometry for it)."""
+    """The panels DIALS used for frame ``i``, each with the sensor DIALS corrects the parallax of (its thickness and
+    attenuation; thin where the export does not know them); None where the export has no geometry for it."""
     origin = export["panel_origin_mm"][i]
     if origin.shape[0] == 0 or not np.all(np.isfinite(origin)):
         return None
-    return Detector.from_arrays([f"panel{p}" for p in range(len(origin))], origin, export["panel_fast_axis"][i],
-                                export["panel_slow_axis"][i], export["panel_pixel_size_mm"][i],
-                                export["panel_image_size"][i])
+    det = Detector.from_arrays([f"panel{p}" for p in range(len(origin))], origin, export["panel_fast_axis"][i],
+                               export["panel_slow_axis"][i], export["panel_pixel_size_mm"][i],
+                               export["panel_image_size"][i])
+    t0, mu = export["panel_parallax_t0_mm"][i], export["panel_parallax_mu_per_mm"][i]
+    return Detector(tuple(replace(p, thickness_mm=float(t), mu_per_mm=float(m))
+                          if np.isfinite(t) and np.isfinite(m) and t > 0 and m > 0 else p
+                          for p, t, m in zip(det.panels, t0, mu)))
 
 
 def beam_of(export: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, float]:
@@ -225,6 +240,14 @@ def still_row(item: StillInput, res: RefinedStill | None, status: str, message: 
     row["energy_kev"] = row["energy_start_kev"] * model.energy_factor if model is not None else np.nan
     row["energy_refined"] = bool(model.energy_refined) if model is not None else False
     row["scale_factor"] = float(model.scale_factor) if model is not None else np.nan
+    # each mosaic domain (but domain 0, the crystal's A) as its rotation from the prior's domain, in degrees
+    start_umats = item.start.crystal.mosaic_umats if item.start is not None else np.zeros((0, 3, 3))
+    refined_umats = model.mosaic_umats if model is not None else None
+    for m in range(1, len(start_umats)):
+        v = (rotation_vector(refined_umats[m] @ start_umats[m].T) if refined_umats is not None
+             else (np.zeros(3) if model is not None else np.full(3, np.nan)))
+        for axis, value in zip("xyz", np.degrees(v)):
+            row[f"mosaic{m}_{axis}_deg"] = float(value)
     if res is not None:
         row.update(converged=bool(res.converged), spots=int(res.shoeboxes), pixels=int(res.pixels),
                    iterations=int(res.iterations), nll_start=float(res.nll_start), nll_final=float(res.nll_final))
@@ -282,7 +305,8 @@ def refine_dataset_detector(items: list[StillInput], sf: StructureFactorTable, n
                       beam_shift_px=[np.nan, np.nan], panel_start=None, panel=None)
         return record
     panel = chosen[0].panel
-    if any(it.panel != panel for it in chosen):
+    # one detector: the same panel geometry (its sensor's attenuation may differ with each still's energy)
+    if any(not _same_panel(it.panel, panel) for it in chosen):
         record.update(message="the stills were indexed on different panels: one detector cannot be refined",
                       distance_shift_mm=np.nan, beam_shift_px=[np.nan, np.nan], panel_start=_panel_dict(panel),
                       panel=None)
@@ -298,23 +322,40 @@ def refine_dataset_detector(items: list[StillInput], sf: StructureFactorTable, n
     return record
 
 
+def _same_panel(a: Panel, b: Panel, tol_mm: float = 1e-6) -> bool:
+    return (a.n_fast, a.n_slow, a.pixel_mm) == (b.n_fast, b.n_slow, b.pixel_mm) and all(
+        np.allclose(getattr(a, k), getattr(b, k), atol=tol_mm) for k in ("origin_mm", "fast_axis", "slow_axis"))
+
+
 def _panel_dict(p: Panel) -> dict[str, Any]:
     return {"origin_mm": list(p.origin_mm), "fast_axis": list(p.fast_axis), "slow_axis": list(p.slow_axis),
             "pixel_size_mm": list(p.pixel_mm), "image_size": [p.n_fast, p.n_slow]}
 
 
+def rotation_vector(r: np.ndarray) -> np.ndarray:
+    """The axis x angle (rad) of a rotation matrix."""
+    angle = math.acos(float(np.clip((np.trace(r) - 1) / 2, -1, 1)))
+    if angle < 1e-12:
+        return np.zeros(3)
+    return np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2 * math.sin(angle)) * angle
+
+
+def refined_mosaic(row, prior: "StillPrior") -> np.ndarray:
+    """The domains of a stills-table row: the prior's, each turned by its refined rotation (where refined)."""
+    out = [np.asarray(prior.mosaic_umats[0])]
+    for m in range(1, len(prior.mosaic_umats)):
+        v = np.radians([float(row.get(f"mosaic{m}_{a}_deg", 0.0)) for a in "xyz"])
+        v = np.nan_to_num(v)
+        angle = float(np.linalg.norm(v))
+        r = np.eye(3) if angle < 1e-15 else axis_angle_matrix(v / angle, angle)
+        out.append(r @ prior.mosaic_umats[m])
+    return np.stack(out)
+
+
 def mean_orientation(umats: np.ndarray) -> np.ndarray:
     """The rotation whose vector is the mean of the domains' rotation vectors: a mosaic crystal's orientation
     (its domain 0 is one of them)."""
-    vecs = []
-    for r in np.asarray(umats, float).reshape(-1, 3, 3):
-        angle = math.acos(float(np.clip((np.trace(r) - 1) / 2, -1, 1)))
-        if angle < 1e-12:
-            vecs.append(np.zeros(3))
-            continue
-        axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2 * math.sin(angle))
-        vecs.append(axis * angle)
-    v = np.mean(vecs, axis=0)
+    v = np.mean([rotation_vector(r) for r in np.asarray(umats, float).reshape(-1, 3, 3)], axis=0)
     angle = float(np.linalg.norm(v))
     return np.eye(3) if angle < 1e-15 else axis_angle_matrix(v / angle, angle)
 

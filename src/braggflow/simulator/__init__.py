@@ -41,12 +41,12 @@ from .kernels import _single_pass_block  # private, as _make_setup
 from .psf import PSF_TAIL, apply_psf, gauss_psf_kernel_1d
 from .sf_table import StructureFactorTable, load_hkl_text
 from .still import (INCIDENT_UNIT, NANOBRAGG_DEFAULT_FLUENCE_PHOTONS_PER_M2, R_E_SQ_M2, SHAPES, Crystal, Numerics,
-                    Pulse, Shape, Still, polarization_basis)
+                    Pulse, Shape, Still, divergent_directions, polarization_basis)
 from .truth import TruthTable, panel_candidates, spot_centroids, truth_reflections
 
 __all__ = [
     "INCIDENT_UNIT", "NANOBRAGG_DEFAULT_FLUENCE_PHOTONS_PER_M2", "PSF_TAIL", "R_E_SQ_M2", "SHAPES", "Crystal",
     "Panel", "Numerics", "Pulse", "Shape", "Still", "StructureFactorTable", "TruthTable", "apply_psf",
-    "gauss_psf_kernel_1d", "get_array_module", "load_hkl_text", "panel_candidates", "polarization_basis",
+    "divergent_directions", "gauss_psf_kernel_1d", "get_array_module", "load_hkl_text", "panel_candidates", "polarization_basis",
     "resolve_backend", "simulate_still", "spot_centroids", "to_numpy", "truth_reflections",
 ]

@@ -49,6 +49,14 @@ class _Setup:
     single_exact: bool
     first_subpixel_factors: bool  # nanoBragg's Omega/P caching (off: per sub-pixel, physically right)
     interpolate: bool  # F by tricubic interpolation between nodes (nanoBragg for N <= 2)
+    layers: int  # 0: thin sensor; else the layers of a thick one (Panel.thickness_mm, mu_per_mm)
+    layer_mean_depth: bool  # a layer's sample at its absorbed photons' mean depth (else its front face)
+    n_out: np.ndarray  # the panel's unit normal away from the sample
+    incident: np.ndarray  # (S, 3) each source's incident unit vector
+    inc_ref: np.ndarray  # (3,) the reference sample's: the sources' weighted mean direction
+    inc_pol: np.ndarray  # (3,) the one polarization is evaluated with (nanoBragg's caching: the first source's)
+    divergent: bool
+    dinc: float  # max |incident_s - inc_ref|
     sf: StructureFactorTable = field(repr=False)
     f2pad: Any = field(repr=False)  # device (nh+2)*(nk+2)*(nl+2) float32, border = default_F^2
     f2max27: Any = field(repr=False)
@@ -77,11 +85,16 @@ def _make_setup(still: Still, detector: Panel, structure_factors: StructureFacto
 
     kappa = 1.0 / lam
     kappa_ref = float(np.dot(w, kappa))
+    incident = pulse.incident()
+    inc_ref = w @ incident
+    inc_ref = inc_ref / np.linalg.norm(inc_ref)
     m_dom = np.einsum("ij,mkj->mik", real_space, umats)  # A^-1 U_m^T
     u_ref = umats[0]
     eps_rot = max(_rotation_distance(u @ u_ref.T) for u in umats)
     dkappa = float(np.max(np.abs(kappa - kappa_ref)))
-    single_exact = numerics.oversample == 1 and lam.size == 1 and umats.shape[0] == 1
+    # one sample per pixel is the whole average (a thick sensor's one layer is that sample too)
+    single_exact = (numerics.oversample == 1 and lam.size == 1 and umats.shape[0] == 1
+                    and (detector.thickness_mm == 0 or numerics.sensor_layers == 1))
 
     sf = structure_factors
     f2pad, f2max27, f2_global_max = _f2_tables(sf, xp)
@@ -97,6 +110,12 @@ def _make_setup(still: Still, detector: Panel, structure_factors: StructureFacto
         metric=A.T @ A, eps_rot=eps_rot, dkappa=dkappa, single_exact=single_exact,
         first_subpixel_factors=numerics.first_subpixel_factors,
         interpolate=numerics.interpolates(crystal.ncells),
+        layers=numerics.sensor_layers if detector.thickness_mm > 0 else 0,
+        layer_mean_depth=numerics.layer_depth == "mean",
+        n_out=detector.outward_normal,
+        incident=incident, inc_ref=inc_ref,
+        inc_pol=incident[0] if numerics.first_subpixel_factors else inc_ref,
+        divergent=pulse.divergent, dinc=float(np.max(np.linalg.norm(incident - inc_ref, axis=1))),
         sf=sf,
         f2pad=f2pad,
         f2max27=f2max27,

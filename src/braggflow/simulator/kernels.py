@@ -114,8 +114,10 @@ def _lattice_bound(xa: Any, xb: Any, xc: Any, st: _Setup, xp: ModuleType) -> Any
     return (rad < np.float32(0.3969)).astype(xp.float32) * np.float32(nnn * nnn)
 
 
-def _geometry(px: Any, py: Any, pz: Any, st: _Setup, xp: ModuleType) -> tuple[Any, Any, Any, Any, Any]:
-    """From lab positions (mm): unit diffracted direction d and Omega * P (float64)."""
+def _geometry(px: Any, py: Any, pz: Any, st: _Setup, xp: ModuleType, close: Any = None
+              ) -> tuple[Any, Any, Any, Any, Any]:
+    """From lab positions (mm): unit diffracted direction d and Omega * P (float64). ``close``: the distance of
+    the plane the positions lie in (default the panel's front face)."""
     r2 = px * px
     r2 += py * py
     r2 += pz * pz
@@ -127,8 +129,15 @@ def _geometry(px: Any, py: Any, pz: Any, st: _Setup, xp: ModuleType) -> tuple[An
     # Omega = pixel^2 / R^2 * close_distance / R  (nanoBragg L2724), per (sub-)pixel position
     g = inv_r * inv_r
     g *= inv_r
-    g *= det.pixel_size_mm ** 2 * det.close_distance_mm
-    c = -dz  # cos 2theta = d . incident, incident = (0, 0, -1)
+    if close is None:
+        g *= det.pixel_size_mm ** 2 * det.close_distance_mm
+    else:
+        g *= close * det.pixel_size_mm ** 2
+    if st.divergent:  # cos 2theta against one incident direction for all sources (see _Setup.inc_pol)
+        i = st.inc_pol
+        c = dx * i[0] + dy * i[1] + dz * i[2]
+    else:
+        c = -dz  # cos 2theta = d . incident, incident = (0, 0, -1)
     pol = c * c
     pol += 1.0
     if st.kahn != 0.0:
@@ -141,14 +150,57 @@ def _geometry(px: Any, py: Any, pz: Any, st: _Setup, xp: ModuleType) -> tuple[An
     return dx, dy, dz, g, inv_r
 
 
-def _miller(m: np.ndarray, kappa: float, dx: Any, dy: Any, dz: Any) -> tuple[Any, Any, Any]:
-    """Fractional indices h = m @ (d - incident) * kappa (incident = (0,0,-1))."""
-    qz = dz + 1.0
+def _depth_in_layer(x: Any, xp: ModuleType) -> Any:
+    """Mean depth, in units of the layer's thickness, of photons absorbed in a layer whose optical depth along the
+    normal is x: 1/x - 1/(e^x - 1) (-> 1/2 - x/12 as x -> 0)."""
+    small = x < 1e-4
+    xs = xp.where(small, 1.0, x)
+    return xp.where(small, 0.5 - x / 12.0, 1.0 / xs - 1.0 / xp.expm1(xs))
+
+
+def _sensor_layers(px: Any, py: Any, pz: Any, st: _Setup, xp: ModuleType, layers: int | None = None):
+    """The samples a thick sensor adds below front-face positions (mm): per layer i of thickness dt = t / layers,
+    (x, y, z, capture, close): the position moved along the outward normal to the layer's front face or to the
+    mean depth of what it absorbs, the fraction it absorbs, exp(-mu z_i / cos) - exp(-mu z_(i+1) / cos)
+    (cos: the ray to the front position . normal), and the distance of its plane (the front face's with
+    nanoBragg's front-face layers, as nanoBragg computes Omega). A thin sensor: the positions, capture None.
+    ``layers``: other than the still's (1: the whole sensor as one layer)."""
+    det = st.detector
+    if not st.layers:
+        yield px, py, pz, None, None
+        return
+    n = st.n_out
+    inv_r = 1.0 / xp.sqrt(px * px + py * py + pz * pz)
+    cos = (px * n[0] + py * n[1] + pz * n[2]) * inv_r
+    layers = st.layers if layers is None else layers
+    dt = det.thickness_mm / layers
+    x = (det.mu_per_mm * dt) / cos  # optical depth of one layer along the ray
+    frac = _depth_in_layer(x, xp) if st.layer_mean_depth else None
+    for i in range(layers):
+        capture = xp.exp(-i * x) * (-xp.expm1(-x))
+        z = dt * (i + frac) if frac is not None else xp.full(px.shape, dt * i)
+        close = det.close_distance_mm + z if frac is not None else None
+        yield px + z * n[0], py + z * n[1], pz + z * n[2], capture, close
+
+
+def _miller(m: np.ndarray, kappa: float, dx: Any, dy: Any, dz: Any, incident: np.ndarray | None = None
+            ) -> tuple[Any, Any, Any]:
+    """Fractional indices h = m @ (d - incident) * kappa (incident default (0, 0, -1))."""
     out = []
-    for row in m * kappa:
+    if incident is None:
+        qz = dz + 1.0
+        for row in m * kappa:
+            h = dx * row[0]
+            h += dy * row[1]
+            h += qz * row[2]
+            out.append(h)
+        return out[0], out[1], out[2]
+    off = (m * kappa) @ np.asarray(incident, float)
+    for row, o in zip(m * kappa, off):
         h = dx * row[0]
         h += dy * row[1]
-        h += qz * row[2]
+        h += dz * row[2]
+        h -= o
         out.append(h)
     return out[0], out[1], out[2]
 
@@ -167,8 +219,15 @@ def _pixel_centres(st: _Setup, j0: int, j1: int) -> tuple[Any, Any, Any, tuple[A
     u = xp.arange(det.n_fast, dtype=xp.float64) + 0.5
     v = xp.arange(j0, j1, dtype=xp.float64) + 0.5
     pos = [(o[c] + u * f[c])[None, :] + (v * s[c])[:, None] for c in range(3)]
-    dx, dy, dz, g, inv_r = _geometry(pos[0], pos[1], pos[2], st, xp)
-    return dz, g, inv_r, _miller(st.m_ref, st.kappa_ref, dx, dy, dz)
+    if not st.layers:
+        dx, dy, dz, g, inv_r = _geometry(pos[0], pos[1], pos[2], st, xp)
+        return dz, g, inv_r, _miller(st.m_ref, st.kappa_ref, dx, dy, dz, st.inc_ref if st.divergent else None)
+    # a thick sensor's reference sample: where the pixel's photons are absorbed on average (its layers as one),
+    # with all they absorb
+    (px, py, pz, capture, close), = _sensor_layers(*pos, st, xp, layers=1)
+    dx, dy, dz, g, inv_r = _geometry(px, py, pz, st, xp, close)
+    g *= capture
+    return dz, g, inv_r, _miller(st.m_ref, st.kappa_ref, dx, dy, dz, st.inc_ref if st.divergent else None)
 
 
 def _single_pass_block(
@@ -198,11 +257,15 @@ def _single_pass_block(
     os_ = st.oversample
     fs = abs(float(np.dot(det.fast_axis, det.slow_axis)))
     dp = det.pixel_size_mm * (os_ - 1) / (2 * os_) * math.sqrt(2.0 + 2.0 * fs)  # max |sub-pixel offset| (mm)
+    dp += det.thickness_mm if st.layers else 0.0  # a layer's sample lies at most the thickness from the reference
     e = dp * inv_r
     e *= 1.001 + e * e
-    q = xp.sqrt(xp.maximum(2.0 + 2.0 * dz, 0.0))  # |d - incident|
+    q = xp.sqrt(xp.maximum(2.0 + 2.0 * dz, 0.0))  # |d - (0, 0, -1)|
     kmax = float(st.kappa.max())
     rho = float(np.max(np.abs(st.kappa / st.kappa_ref - 1.0)))
+    if st.divergent:  # q_p - q_c also moves by i_ref - i_s (|.| <= dinc); |q_c| by |i_ref - (0, 0, -1)|
+        e += st.dinc
+        q += float(np.linalg.norm(st.inc_ref - np.array([0.0, 0.0, -1.0])))
     q_e = ((q + e) * (kmax * (1.0 + 1e-6))).astype(xp.float32)
     e = (e * (kmax * (1.0 + 1e-6))).astype(xp.float32)
     rows = np.linalg.norm(st.real_space, axis=1)  # |a_i|
@@ -253,29 +316,38 @@ def _full_average(st: _Setup, flat_idx: Any) -> Any:
     w = [np.float32(v) for v in st.weights]
     acc = xp.zeros(flat_idx.shape, dtype=xp.float64)
     os_ = st.oversample
-    g_first = None
+    first: dict = {}
     for b in range(os_):  # slow sub-pixel index, as nanoBragg's subS
         for a in range(os_):
             u = iu + (a + 0.5) / os_
             v = jv + (b + 0.5) / os_
             pos = [u * f[c] + v * s[c] + o[c] for c in range(3)]
-            dx, dy, dz, g, _ = _geometry(pos[0], pos[1], pos[2], st, xp)
-            if st.first_subpixel_factors:  # nanoBragg: Omega and P once per pixel, at sub-pixel (0, 0)
-                g_first = g if g_first is None else g_first
-                g = g_first
-            sub = xp.zeros(flat_idx.shape, dtype=xp.float32)
-            for m in range(st.m_dom.shape[0]):
-                base = _miller(st.m_dom[m], 1.0, dx, dy, dz)
-                frac = [h[None, :] * kap for h in base]  # (S, P)
-                near = [_nearest(h, xp) for h in frac]
-                idx = _f2_index(near[0][0], near[1][0], near[2][0], st, xp)
-                val = _lattice_sq(near[0][1], near[1][1], near[2][1], st, xp)
-                val *= _f2_at(*frac, near, idx, st, xp)
-                # source by source, in order: the same sum for any batch of pixels and on any array module
-                # (a matrix product's summation order depends on the library and the batch size)
-                for i_src, w_src in enumerate(w):
-                    sub += val[i_src] * w_src
-            acc += sub * g
+            for layer, (px, py, pz, capture, close) in enumerate(_sensor_layers(*pos, st, xp)):
+                dx, dy, dz, g, _ = _geometry(px, py, pz, st, xp, close)
+                if st.first_subpixel_factors:  # nanoBragg: Omega and P once per pixel, at sub-pixel (0, 0) of
+                    # the first layer; a layer's capture fraction once per layer, at its sub-pixel (0, 0)
+                    g_first = first.setdefault("g", g)
+                    g = g_first if capture is None else g_first * first.setdefault(layer, capture)
+                elif capture is not None:
+                    g = g * capture
+                sub = xp.zeros(flat_idx.shape, dtype=xp.float32)
+                for m in range(st.m_dom.shape[0]):
+                    if st.divergent:  # h = M_m (d - i_s) kappa_s: per source its own incident direction
+                        base = _miller(st.m_dom[m], 1.0, dx, dy, dz, np.zeros(3))
+                        off = xp.asarray((st.incident @ st.m_dom[m].T) * st.kappa[:, None])  # (S, 3)
+                        frac = [h[None, :] * kap - off[:, c:c + 1] for c, h in enumerate(base)]
+                    else:
+                        base = _miller(st.m_dom[m], 1.0, dx, dy, dz)
+                        frac = [h[None, :] * kap for h in base]  # (S, P)
+                    near = [_nearest(h, xp) for h in frac]
+                    idx = _f2_index(near[0][0], near[1][0], near[2][0], st, xp)
+                    val = _lattice_sq(near[0][1], near[1][1], near[2][1], st, xp)
+                    val *= _f2_at(*frac, near, idx, st, xp)
+                    # source by source, in order: the same sum for any batch of pixels and on any array module
+                    # (a matrix product's summation order depends on the library and the batch size)
+                    for i_src, w_src in enumerate(w):
+                        sub += val[i_src] * w_src
+                acc += sub * g
     acc *= st.scale / (os_ * os_ * st.m_dom.shape[0])
     return acc
 

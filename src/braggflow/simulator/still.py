@@ -97,6 +97,8 @@ class Pulse:
     fluence_photons_per_m2: photons per m^2 at the crystal.
     kahn_factor: K in nanoBragg's polarization (0 = unpolarized); polarization_axis: the E-vector direction (made
     normal to the beam where it is used), stored as 3 floats.
+    directions: each source's incident unit vector (S, 3) (beam divergence, ``divergent_directions``); None: all
+    along the beam, (0, 0, -1).
     """
 
     wavelengths_A: np.ndarray
@@ -104,6 +106,7 @@ class Pulse:
     fluence_photons_per_m2: float = NANOBRAGG_DEFAULT_FLUENCE_PHOTONS_PER_M2
     kahn_factor: float = 0.0
     polarization_axis: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    directions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         lam = np.atleast_1d(np.array(self.wavelengths_A, dtype=np.float64))
@@ -129,6 +132,21 @@ class Pulse:
         polarization_basis(self.polarization_axis)  # raises for an axis that is no direction normal to the beam
         axis = np.asarray(self.polarization_axis, dtype=np.float64)
         object.__setattr__(self, "polarization_axis", tuple(float(v) for v in axis))
+        if self.directions is not None:
+            d = np.array(self.directions, dtype=np.float64).reshape(-1, 3) if np.size(self.directions) else None
+            if d is None or d.shape != (lam.size, 3) or not np.all(np.isfinite(d)) \
+                    or np.any(np.abs(np.linalg.norm(d, axis=1) - 1.0) > 1e-9) or np.any(d @ INCIDENT_UNIT < 0.5):
+                raise ValueError(f"directions must be {lam.size} unit vectors within 60 deg of the beam (0, 0, -1), "
+                                 f"got {self.directions!r}")
+            object.__setattr__(self, "directions", _read_only(d))
+
+    @property
+    def divergent(self) -> bool:
+        return self.directions is not None and bool(np.any(self.directions != INCIDENT_UNIT))
+
+    def incident(self) -> np.ndarray:
+        """(S, 3) every source's incident unit vector."""
+        return np.tile(INCIDENT_UNIT, (self.wavelengths_A.size, 1)) if self.directions is None else self.directions
 
 
 @dataclass(frozen=True)
@@ -140,12 +158,19 @@ class Numerics:
     the first sub-pixel, as nanoBragg caches them (default False: per sub-pixel, the physically right average).
     interpolate: F between the nodes by nanoBragg's tricubic interpolation (True), or F of the nearest node (False);
     None: as nanoBragg decides, on when any of Na, Nb, Nc is <= 2 (a crystal that small samples F between nodes).
+    sensor_layers: layers a thick sensor (``Panel.thickness_mm`` > 0) is averaged over, each of thickness
+    t / layers and weighted by the photons it absorbs, exp(-mu z_i / cos) - exp(-mu z_(i+1) / cos).
+    layer_depth: where in its layer a layer's sample sits: "mean", the mean depth of the photons it absorbs
+    (so that the spots' centroids carry the sensor's parallax exactly, whatever the layer count), or "front", the
+    layer's front face, as nanoBragg's -detector_thicksteps (with -oversample_thick) puts it.
     """
 
     oversample: int = 1
     fudge: float = 1.0
     first_subpixel_factors: bool = False
     interpolate: bool | None = None
+    sensor_layers: int = 1
+    layer_depth: str = "mean"
 
     def __post_init__(self) -> None:
         if int(self.oversample) != self.oversample or self.oversample < 1:
@@ -157,6 +182,11 @@ class Numerics:
         object.__setattr__(self, "first_subpixel_factors", bool(self.first_subpixel_factors))
         if self.interpolate is not None:
             object.__setattr__(self, "interpolate", bool(self.interpolate))
+        if int(self.sensor_layers) != self.sensor_layers or self.sensor_layers < 1:
+            raise ValueError(f"sensor_layers must be a positive integer, got {self.sensor_layers!r}")
+        object.__setattr__(self, "sensor_layers", int(self.sensor_layers))
+        if self.layer_depth not in ("mean", "front"):
+            raise ValueError(f"layer_depth must be 'mean' or 'front', got {self.layer_depth!r}")
 
     def interpolates(self, ncells: tuple[float, float, float]) -> bool:
         """Whether F is interpolated for a crystal of ``ncells`` (nanoBragg: when any axis is <= 2 cells)."""
@@ -175,3 +205,46 @@ class Still:
         for name, cls in (("crystal", Crystal), ("pulse", Pulse), ("numerics", Numerics)):
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"Still.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+
+
+def _rotate(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
+    """Right-handed rotation of ``v`` about unit ``axis`` by ``angle`` rad (Rodrigues)."""
+    return (v * math.cos(angle) + np.cross(axis, v) * math.sin(angle)
+            + axis * np.dot(axis, v) * (1.0 - math.cos(angle)))
+
+
+def divergent_directions(h_range_rad: float, v_range_rad: float, h_steps: int, v_steps: int,
+                         polarization_axis: ArrayLike = (1.0, 0.0, 0.0), round_div: bool = True) -> np.ndarray:
+    """Incident unit vectors of a divergent beam as nanoBragg lays them out (-hdivrange/-vdivrange,
+    -hdivsteps/-vdivsteps, -round_div): angles step * i - range / 2 (step = range / (steps - 1)) in the
+    horizontal plane (about the vertical, beam x E) and the vertical one (about the E-vector), the beam rotated
+    about E by the vertical angle and then about the vertical by the horizontal one; with round_div the grid's
+    corners beyond the ellipse are dropped (nanoBragg's test, test * 4 > 1.1). (S, 3), equal weights."""
+    e_in, b_in = polarization_basis(polarization_axis)
+    beam = INCIDENT_UNIT
+    vert = np.cross(beam, e_in)
+    vert /= np.linalg.norm(vert)
+    grid = []
+    for rng, steps in ((h_range_rad, h_steps), (v_range_rad, v_steps)):
+        if rng < 0 or not math.isfinite(rng):
+            raise ValueError(f"divergence range must be >= 0 rad, got {rng!r}")
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"divergence steps must be a positive integer, got {steps!r}")
+        steps = int(steps)
+        if rng == 0 or steps == 1:
+            grid.append((np.zeros(1), 0.0, 1))
+        else:
+            step = rng / (steps - 1)
+            grid.append((step * np.arange(steps) - rng / 2.0, step, steps))
+    (hs, hstep, hn), (vs, vstep, vn) = grid
+    out = []
+    for h in hs:
+        for v in vs:
+            if round_div and h_range_rad > 0 and v_range_rad > 0:
+                test = (h * h - hstep * hstep / 4.0 * (1 - hn % 2)) / h_range_rad ** 2
+                test += (v * v - vstep * vstep / 4.0 * (1 - vn % 2)) / v_range_rad ** 2
+                if test * 4.0 > 1.1:
+                    continue
+            d = _rotate(_rotate(beam, e_in, v), vert, h)
+            out.append(d / np.linalg.norm(d))
+    return np.array(out)

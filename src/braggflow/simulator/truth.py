@@ -84,7 +84,8 @@ def _profile_metric(st: _Setup, m: int) -> np.ndarray:
 def _qmax(st: _Setup, two_theta_max: float) -> float:
     """Largest |r| (1/A) of a node that can diffract within two_theta_max on any sphere used."""
     smax = 2.0 * math.sin(two_theta_max / 2.0) if two_theta_max < math.pi / 2 else 2.0  # |s1_hat - s0_hat|
-    return (smax + 0.05) * float(st.kappa.max()) * (1 + st.eps_rot) + 1e-6
+    tilt = float(np.max(np.linalg.norm(st.incident - INCIDENT_UNIT, axis=1)))  # a divergent source's own s0_hat
+    return (smax + tilt + 0.05) * float(st.kappa.max()) * (1 + st.eps_rot) + 1e-6
 
 
 def _candidate_hkl(st: _Setup, two_theta_max: float | None = None) -> np.ndarray:
@@ -94,6 +95,7 @@ def _candidate_hkl(st: _Setup, two_theta_max: float | None = None) -> np.ndarray
         two_theta_max = Detector((st.detector,)).max_two_theta_rad()
     kmin, kmax = float(st.kappa.min()), float(st.kappa.max())
     qmax = _qmax(st, two_theta_max)
+    tilt = float(np.max(np.linalg.norm(st.incident - INCIDENT_UNIT, axis=1)))  # spheres of tilted sources move
     cell_reach = 0.5 * float(np.linalg.norm(st.A, axis=0).sum())  # node to the far corner of its cell
     lim = np.ceil(np.linalg.norm(st.real_space, axis=1) * qmax).astype(int)
     kk, ll = np.meshgrid(np.arange(-lim[1], lim[1] + 1), np.arange(-lim[2], lim[2] + 1), indexing="ij")
@@ -111,7 +113,7 @@ def _candidate_hkl(st: _Setup, two_theta_max: float | None = None) -> np.ndarray
         with np.errstate(divide="ignore", invalid="ignore"):
             k_bragg = np.where(rs < 0, -q * q / (2 * rs), np.inf)
         dist = np.where((k_bragg >= kmin) & (k_bragg <= kmax), 0.0, dist)
-        keep = (q > 0) & (q <= qmax) & (dist <= cell_reach + st.eps_rot * q + 1e-9)
+        keep = (q > 0) & (q <= qmax) & (dist <= cell_reach + st.eps_rot * q + kmax * tilt + 1e-9)
         out.append(hkl[keep])
     return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
 
@@ -147,7 +149,6 @@ def _sphere_points(st: _Setup, hkl: np.ndarray, peak0: float):
     (unit direction s1) and F_latt^2 there / F_latt^2(0); yields (first source, s1 (S, H, 3), frac (S, H)) for
     all sources of a domain at once, in chunks of ~TRUTH_ROWS (source, reflection) rows (the per-pair Python
     overhead dominated at 100 spectrum channels x 25 domains). Row by row the same arithmetic for any set of hkl."""
-    s0_hat = INCIDENT_UNIT
     n_src = len(st.kappa)
     step = max(1, TRUTH_ROWS // max(len(hkl), 1))
     for m in range(st.m_dom.shape[0]):
@@ -155,6 +156,7 @@ def _sphere_points(st: _Setup, hkl: np.ndarray, peak0: float):
         pinv = np.linalg.inv(_profile_metric(st, m))
         for s0 in range(0, n_src, step):
             kap = st.kappa[s0:s0 + step, None, None]  # (S, 1, 1)
+            s0_hat = st.incident[s0:s0 + step, None, :]  # (S, 1, 3) each source's incident direction
             c = r[None] + kap * s0_hat  # s0 + r: from the sphere centre (-s0) to the node, (S, H, 3)
             cn = np.linalg.norm(c, axis=2)
             n = c / cn[..., None]
@@ -225,8 +227,15 @@ def _centroids(st: _Setup, detector: Panel, hkl: np.ndarray, peak0: float
     sum_x = np.zeros(len(hkl))
     sum_y = np.zeros(len(hkl))
     best = np.zeros(len(hkl))
+    fast, slow = np.asarray(detector.fast_axis), np.asarray(detector.slow_axis)
     for s0, s1, frac in _sphere_points(st, hkl, peak0):
-        x, y, fwd = detector.ray_to_px(s1.reshape(-1, 3))
+        rays = s1.reshape(-1, 3)
+        x, y, fwd = detector.ray_to_px(rays)
+        if detector.thickness_mm > 0:  # a thick sensor records a ray where it absorbs it on average (parallax)
+            u = rays / np.linalg.norm(rays, axis=1, keepdims=True)
+            path = detector.mean_path_mm(u)
+            x = x + (u @ fast) * path / detector.pixel_mm[0]
+            y = y + (u @ slow) * path / detector.pixel_mm[1]
         shape = frac.shape
         x, y, fwd = x.reshape(shape), y.reshape(shape), fwd.reshape(shape)
         wgt = np.where(fwd, st.weights[s0:s0 + shape[0], None] * frac, 0.0)
@@ -269,7 +278,8 @@ def truth_reflections(
 
     Position: for each source s and domain m, the point of that Ewald sphere where the lattice
     transform of the node peaks (the node moved along the sphere normal, through the profile's
-    quadratic metric; for isotropic profiles the ray s0 + r), projected onto the detector; the spot
+    quadratic metric; for isotropic profiles the ray s0 + r), projected onto the detector (a thick sensor: where
+    the ray's photons are absorbed on average, ``Panel.mean_path_mm``, DIALS' parallax correction); the spot
     centre is the mean of those points weighted by w_s * F_latt^2 there (the spot's centroid).
 
     candidates: the hkl to consider (``panel_candidates`` of a multi-panel detector, which computes the
