@@ -38,6 +38,30 @@ def sf_default_30() -> StructureFactorTable:
     return load_hkl_text(DATA / "F_random_1ic6cell.hkl", default_F=30.0)
 
 
+def _model_matches_and_gradchecks(still, det, sf, fields, step=1):
+    """The differentiable model against the simulator's exhaustive image on every ``step``-th pixel (1e-6 of the
+    maximum), and its gradients in the TorchStill ``fields`` against finite differences on the 30 brightest of
+    them; returns the simulated image."""
+    torch = pytest.importorskip("torch")
+    from braggflow.refine.model import F2Table, expected_photons, torch_still
+
+    sim = simulate_still(still, det, sf, exhaustive=True)
+    j, i = np.mgrid[0:det.n_slow:step, 0:det.n_fast:step]
+    ts = torch_still(still, det)
+    f2 = F2Table.from_table(sf)
+    fast, slow = torch.as_tensor(i.ravel()), torch.as_tensor(j.ravel())
+    model = expected_photons(ts, f2, fast, slow).detach().numpy()
+    assert np.abs(model - sim[j.ravel(), i.ravel()]).max() <= 1e-6 * sim.max()
+    sel = np.argsort(-model)[:30]
+
+    def f(*values):
+        return expected_photons(replace(ts, **dict(zip(fields, values))), f2, fast[sel], slow[sel]) / float(sim.max())
+
+    inputs = tuple(getattr(ts, k).clone().requires_grad_(True) for k in fields)
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-5, rtol=1e-4)
+    return sim
+
+
 def test_default_F_fills_every_unlisted_index_of_the_range(sf_default_30):
     listed = np.loadtxt(DATA / "F_random_1ic6cell.hkl")
     assert not (listed[:, :3] == 0).all(axis=1).any()  # F000 is not listed
@@ -87,29 +111,12 @@ def test_interpolation_is_the_cubic_through_the_nodes(sf_default_30):
 
 
 def test_model_interpolates_as_the_simulator_with_gradients(sf_default_30):
-    torch = pytest.importorskip("torch")
-    from dataclasses import replace
-
-    from braggflow.refine.model import F2Table, expected_photons, torch_still
+    pytest.importorskip("torch")
+    from braggflow.refine.model import torch_still
 
     still, _ = _case("case4_interpolate", 2)
-    det = SMALL
-    sim = simulate_still(still, det, sf_default_30, exhaustive=True)
-    j, i = np.mgrid[0:det.n_slow:3, 0:det.n_fast:3]
-    ts = torch_still(still, det)
-    assert ts.interpolate
-    f2 = F2Table.from_table(sf_default_30)
-    fast, slow = torch.as_tensor(i.ravel()), torch.as_tensor(j.ravel())
-    model = expected_photons(ts, f2, fast, slow).detach().numpy()
-    assert np.abs(model - sim[j.ravel(), i.ravel()]).max() <= 1e-6 * sim.max()
-    sel = np.argsort(-model)[:30]
-
-    def f(A_, kappa):
-        return expected_photons(replace(ts, A=A_, kappa=kappa), f2, fast[sel], slow[sel]) / float(sim.max())
-
-    inputs = (ts.A.clone().requires_grad_(True), ts.kappa.clone().requires_grad_(True))
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-5, rtol=1e-4)
-
+    assert torch_still(still, SMALL).interpolate
+    _model_matches_and_gradchecks(still, SMALL, sf_default_30, ("A", "kappa"), step=3)
 
 def test_sensor_layers_match_nanobragg():
     """nanoBragg's -detector_thick 450 -detector_thicksteps 3: three layers of 225 um (thickness / (steps - 1)) with
@@ -182,30 +189,13 @@ def test_thick_sensor_spots_centre_where_dials_parallax_puts_them(layers):
 
 
 def test_model_follows_the_thick_sensor_with_gradients():
-    torch = pytest.importorskip("torch")
-    from braggflow.refine.model import F2Table, expected_photons, torch_still
-
     sf = load_hkl_text(DATA / "F_random_1ic6cell.hkl")
     det = replace(Panel.from_beam_center(60.0, (60, 60), 0.3, 120, 120), thickness_mm=0.45, mu_per_mm=5.0)
     a = random_rotation(np.random.default_rng(4)) @ b_matrix((67.288, 67.288, 106.582, 90, 90, 90))
     for layers, depth in ((3, "mean"), (2, "front")):
         still = Still(Crystal(a, ncells=(6, 6, 6), shape="gauss"), Pulse([1.3, 1.31], fluence_photons_per_m2=1e26),
                       Numerics(oversample=2, sensor_layers=layers, layer_depth=depth))
-        sim = simulate_still(still, det, sf, exhaustive=True)
-        j, i = np.mgrid[0:det.n_slow, 0:det.n_fast]
-        ts = torch_still(still, det)
-        f2 = F2Table.from_table(sf)
-        fast, slow = torch.as_tensor(i.ravel()), torch.as_tensor(j.ravel())
-        model = expected_photons(ts, f2, fast, slow).detach().numpy().reshape(sim.shape)
-        assert np.abs(model - sim).max() <= 1e-6 * sim.max()
-    sel = np.argsort(-sim.ravel())[:30]
-
-    def f(origin, A_):
-        return expected_photons(replace(ts, origin_mm=origin, A=A_), f2, fast[sel], slow[sel]) / float(sim.max())
-
-    inputs = (ts.origin_mm.clone().requires_grad_(True), ts.A.clone().requires_grad_(True))
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-5, rtol=1e-4)
-
+        _model_matches_and_gradchecks(still, det, sf, ("origin_mm", "A"))
 
 def test_divergence_matches_nanobragg():
     """-divergence 20 -divsteps 3 (mrad): nanoBragg's 3 x 3 grid of incident directions with the corners cut
@@ -229,8 +219,6 @@ def test_divergence_matches_nanobragg():
 
 
 def test_model_follows_the_divergent_beam_with_gradients():
-    torch = pytest.importorskip("torch")
-    from braggflow.refine.model import F2Table, expected_photons, torch_still
     from braggflow.simulator import divergent_directions
 
     sf = load_hkl_text(DATA / "F_random_1ic6cell.hkl")
@@ -240,19 +228,6 @@ def test_model_follows_the_divergent_beam_with_gradients():
     still = Still(Crystal(a, ncells=(10, 10, 10), shape="round"),
                   Pulse(np.repeat([1.3, 1.302], len(dirs)), directions=np.tile(dirs, (2, 1)), kahn_factor=0.9,
                         fluence_photons_per_m2=1e26), Numerics(oversample=2))
-    sim = simulate_still(still, det, sf, exhaustive=True)
-    j, i = np.mgrid[0:det.n_slow, 0:det.n_fast]
-    ts = torch_still(still, det)
-    f2 = F2Table.from_table(sf)
-    fast, slow = torch.as_tensor(i.ravel()), torch.as_tensor(j.ravel())
-    model = expected_photons(ts, f2, fast, slow).detach().numpy().reshape(sim.shape)
-    assert np.abs(model - sim).max() <= 1e-6 * sim.max()
+    sim = _model_matches_and_gradchecks(still, det, sf, ("A", "incident"))
     screened = simulate_still(still, det, sf)
     assert np.abs(screened - sim).max() <= 2e-4 * sim.max()
-    sel = np.argsort(-sim.ravel())[:30]
-
-    def f(A_, incident):
-        return expected_photons(replace(ts, A=A_, incident=incident), f2, fast[sel], slow[sel]) / float(sim.max())
-
-    inputs = (ts.A.clone().requires_grad_(True), ts.incident.clone().requires_grad_(True))
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-5, rtol=1e-4)

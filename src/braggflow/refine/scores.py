@@ -89,11 +89,7 @@ def score_refined_shard(stills: pd.DataFrame, dials_frames: pd.DataFrame, dials_
                         np.nan_to_num(export["panel_parallax_t0_mm"][i]))
             stills_xy = predicted_positions(_a(s, "A"), hkl, panel, det, direction, lam, parallax=parallax)
             ncells = (float(s.ncells_na), float(s.ncells_nb), float(s.ncells_nc))
-            model = prior.still(_a(s, "A"), lam)
-            model = type(model)(type(model.crystal)(model.crystal.A_matrix, ncells=ncells, shape=model.crystal.shape,
-                                                    mosaic_umats=refined_mosaic(s, prior)), model.pulse,
-                                model.numerics)
-            xy = spot_centroids(model, det[0], hkl)
+            xy = spot_centroids(prior.still(_a(s, "A"), lam, ncells, refined_mosaic(s, prior)), det[0], hkl)
             dials_model_xy = spot_centroids(prior.still(_a(s, "A0_"), lam0), det[0], hkl)
             true = sel[["x_true_px", "y_true_px"]].to_numpy(float)
             bx, by, _ = det[0].ray_to_px(direction[None, :])

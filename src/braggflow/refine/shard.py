@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..detector import Detector, Panel
+from ..detector import INCIDENT_UNIT, Detector, Panel
 from ..draws import axis_angle_matrix, mosaic_umats
 from ..settings import Section
 from ..simulator import Crystal, Numerics, Pulse, Still, StructureFactorTable
@@ -117,11 +117,14 @@ class StillPrior:
             return wavelengths, self.spectrum_weights, None
         return self.beam.sources(wavelengths, self.spectrum_weights)
 
-    def still(self, a_matrix: np.ndarray, central_wavelength_angstrom: float) -> Still:
-        n = (self.ncells,) * 3
+    def still(self, a_matrix: np.ndarray, central_wavelength_angstrom: float,
+              ncells: tuple[float, float, float] | None = None, mosaic_umats: np.ndarray | None = None) -> Still:
+        """The model's still at an A matrix and central wavelength; ``ncells`` and ``mosaic_umats``: other than the
+        prior's (a refined crystal's)."""
+        n = (self.ncells,) * 3 if ncells is None else tuple(ncells)
         lam, w, directions = self.sources(central_wavelength_angstrom * (1.0 + self.spectrum_offsets))
         return Still(Crystal(np.asarray(a_matrix, float).reshape(3, 3), ncells=n, shape=self.crystal_shape,
-                             mosaic_umats=self.mosaic_umats),
+                             mosaic_umats=self.mosaic_umats if mosaic_umats is None else mosaic_umats),
                      Pulse(lam, weights=w, directions=directions, fluence_photons_per_m2=self.fluence_photons_per_m2,
                            kahn_factor=self.kahn_factor, polarization_axis=self.polarization_axis),
                      Numerics(oversample=self.oversample, sensor_layers=self.sensor_layers))
@@ -211,8 +214,6 @@ def still_inputs(export: dict[str, np.ndarray], counts: np.ndarray, untrusted: n
 
 
 def _check_beam(direction: np.ndarray) -> str:
-    from ..detector import INCIDENT_UNIT
-
     angle = math.degrees(math.acos(float(np.clip(direction @ INCIDENT_UNIT, -1, 1))))
     return "" if angle < 1e-6 else f"the beam is {angle:.3g} deg off the model's -z: not refined"
 
@@ -360,28 +361,34 @@ def mean_orientation(umats: np.ndarray) -> np.ndarray:
     return np.eye(3) if angle < 1e-15 else axis_angle_matrix(v / angle, angle)
 
 
+def _shard_stills(export_path, frames_path, prior: StillPrior, settings: RefinementSettings,
+                  saturation_adu: float) -> tuple[dict[str, np.ndarray], list[StillInput], np.ndarray]:
+    """A shard's DIALS export, what each of its stills starts from, and its frames' indices. Untrusted: pixels
+    written as < 0 (gaps, bad pixels) and saturated ones."""
+    from ..formats import shards as S
+    from ..formats.dials_export import read_dials_export
+
+    counts = S.read_images(frames_path)
+    export = read_dials_export(export_path, len(counts))
+    items = still_inputs(export, counts, (counts < 0) | (counts >= saturation_adu), prior, settings)
+    return export, items, S.read_frame_arrays(frames_path)["frame_index"]
+
+
 def refine_overlay_shard(export_path, frames_path, mtz_path, prior: StillPrior, settings: RefinementSettings,
                          noise: NoiseModel, space_group: str, reference_cell: tuple[float, ...] | None,
                          saturation_adu: float, device: str | None = None, log=None):
     """The stills of one overlay shard as DIALS indexed them, refined: (the stills table, one ExptStill per still
-    with a refined model). Untrusted: pixels written as < 0 (gaps, bad pixels) and saturated ones."""
+    with a refined model)."""
     import gemmi
 
-    from ..formats import shards as S
-    from ..formats.dials_export import read_dials_export
     from ..formats.expt import ExptStill
     from ..shards import load_structure_factors
 
-    counts = S.read_images(frames_path)
-    export = read_dials_export(export_path, len(counts))
-    untrusted = (counts < 0) | (counts >= saturation_adu)
+    export, items, frame_index = _shard_stills(export_path, frames_path, prior, settings, saturation_adu)
     sf, _ = load_structure_factors(mtz_path)
-    items = still_inputs(export, counts, untrusted, prior, settings)
-    del counts, untrusted
     rows, refined = refine_shard(items, sf, noise, space_group, reference_cell, settings, device, log)
     hall = gemmi.SpaceGroup(space_group).hall
     stills = []
-    frame_index = S.read_frame_arrays(frames_path)["frame_index"]
     for row, item, res in zip(rows, items, refined):
         row["frame_index"] = int(frame_index[item.frame])
         row["expt_index"] = -1
@@ -438,18 +445,14 @@ def refine_overlay_detector(export_paths, frames_paths, mtz_path, prior: StillPr
                             saturation_adu: float, device: str | None = None) -> dict[str, Any]:
     """A dataset's detector refined from its shards (``refine_dataset_detector``); the record names each still
     used by its shard file and frame index."""
-    from ..formats import shards as S
-    from ..formats.dials_export import read_dials_export
     from ..shards import load_structure_factors
 
     if len(export_paths) != len(frames_paths):
         raise ValueError(f"{len(export_paths)} DIALS exports but {len(frames_paths)} frame files")
     items, names = [], []
     for export_path, frames_path in zip(export_paths, frames_paths):
-        counts = S.read_images(frames_path)
-        export = read_dials_export(export_path, len(counts))
-        frame_index = S.read_frame_arrays(frames_path)["frame_index"]
-        for item in still_inputs(export, counts, (counts < 0) | (counts >= saturation_adu), prior, settings):
+        _, shard_items, frame_index = _shard_stills(export_path, frames_path, prior, settings, saturation_adu)
+        for item in shard_items:
             items.append(item)
             names.append({"frames": str(frames_path), "frame_index": int(frame_index[item.frame])})
     sf, _ = load_structure_factors(mtz_path)
