@@ -213,6 +213,61 @@ def refinement_params():
     )
 
 
+def experiment_symmetry(experiment):
+    """(space group, cell) an experiment's stills are refined in: its DIALS settings' known symmetry, else its
+    matched structure's, else its structure's."""
+    e = EXPERIMENTS[experiment]
+    structure = e.matched["structure"] if e.matched else e.structure
+    spacegroup, cell = e.dials["space_group"], e.dials["unit_cell"]
+    if spacegroup is None or cell is None:
+        known = structure_symmetry(structure)
+        spacegroup, cell = spacegroup or known[0], cell or known[1]
+    return spacegroup, [float(v) for v in cell]
+
+
+def experiment_refinement_prior(experiment):
+    """The model an experiment's stills are refined with: its matched simulation's crystal, spectrum, PSF and
+    beam (their calibrated values come from the calibration file, an input), else the simulation section's; and
+    the readout noise in photons of its frames (the matched overlay's; 0 without one)."""
+    e = EXPERIMENTS[experiment]
+    if e.matched:
+        sim, beam = matched_section_of(experiment, "simulation"), matched_section_of(experiment, "beam")
+        overlay = matched_section_of(experiment, "overlay")
+        readout = float(overlay["readout_noise_adu"]) / float(overlay["adu_per_photon"])
+    else:
+        sim, beam, readout = SIM, config["beam"], 0.0
+    return dict(
+        simulation={k: canonical(sim[k]) for k in REFINEMENT_PRIOR_KEYS + ("psf_fwhm_um",)},
+        beam=Beam.params(beam),
+        readout_noise_photons=readout,
+    )
+
+
+def experiment_refinement_params():
+    """What makes an experiment's refinement's bytes: the section's fitting settings, its model
+    (experiment_refinement_prior) and its symmetry."""
+    from braggflow.refine.shard import RefinementSettings
+
+    return dict(
+        refinement=RefinementSettings.from_config(config["refinement"]).params(),
+        prior=lambda wc: experiment_refinement_prior(wc.experiment),
+        spacegroup=lambda wc: experiment_symmetry(wc.experiment)[0],
+        cell=lambda wc: experiment_symmetry(wc.experiment)[1],
+    )
+
+
+def experiment_refinement_calibration(experiment):
+    """The matched simulation's calibration, where the experiment has one (its PSF and crystal size)."""
+    return matched_calibration_input(experiment) if EXPERIMENTS[experiment].matched else []
+
+
+def refined_experiments():
+    """The experiments whose stills are refined: every file experiment (real stills)."""
+    if not config["refinement"]["enabled"]:
+        return []
+    return [x for x, e in EXPERIMENTS.items() if e.kind == "file"]
+
+
 def refinement_gpus():
     """1 where the refinement will run on CUDA (refinement.device; auto: a CUDA build of torch is installed)."""
     device = config["refinement"]["device"]
@@ -235,7 +290,9 @@ def refined_tables(structure):
 def refinement_targets():
     if not config["refinement"]["enabled"]:
         return []
-    return [f"results/refined/{s}/scores.tsv" for s in SIM_STRUCTURES]
+    return [f"results/refined/{s}/scores.tsv" for s in SIM_STRUCTURES] + [
+        f"results/refined/experiments/{x}/offsets_by_resolution.tsv" for x in refined_experiments()
+    ]
 
 
 def training_gpus(device=None):
@@ -322,6 +379,7 @@ def benchmark_files():
         files += expand(
             f"{B}/refine_detector/{{structure}}/{{dataset}}.tsv", structure=SIM_STRUCTURES, dataset=DATASETS
         )
+        files += [f"{B}/refine_experiment/{x}.tsv" for x in refined_experiments()]
     for stage in ("train_peak_finder", "train_hit_classifier", "baseline_peak_finder"):
         files += expand(f"{B}/{stage}/{{structure}}/{{dataset}}.tsv", structure=SIM_STRUCTURES, dataset=DATASETS)
     files += expand(f"{B}/train_energy_distance/{{structure}}.tsv", structure=SIM_STRUCTURES)

@@ -90,3 +90,63 @@ rule refinement_scores:
         "../envs/braggflow.yaml"
     script:
         "../workflow/scripts/refinement_scores.py"
+
+
+# Real stills (file experiments): every still refined from its DIALS model on all its panels, each shoebox its
+# own intensity (their F is not known), with the model of the experiment's matched simulation (its calibration:
+# PSF, crystal size); scored against DIALS' observed centroids.
+rule refine_experiment:
+    input:
+        export="results/experiments/{experiment}/dials/export.npz",
+        frames="results/experiments/{experiment}/frames.h5",
+        calibration=lambda wc: experiment_refinement_calibration(wc.experiment),
+    output:
+        table="results/refined/experiments/{experiment}/stills.tsv",
+        expt="results/refined/experiments/{experiment}/refined.expt",
+    params:
+        **experiment_refinement_params(),
+    threads: config["refinement"]["threads"]
+    resources:
+        gpu=refinement_gpus(),
+    log:
+        "logs/refined/experiments/{experiment}/refine.log",
+    benchmark:
+        "results/benchmarks/refine_experiment/{experiment}.tsv"
+    wildcard_constraints:
+        experiment=experiments_pattern(kinds=("file",)),
+    conda:
+        refinement_conda_env()
+    script:
+        "../workflow/scripts/refine_experiment.py"
+
+
+rule experiment_refinement_scores:
+    input:
+        export="results/experiments/{experiment}/dials/export.npz",
+        stills="results/refined/experiments/{experiment}/stills.tsv",
+        calibration=lambda wc: experiment_refinement_calibration(wc.experiment),
+    output:
+        offsets="results/refined/experiments/{experiment}/offsets.tsv",
+        by_resolution=report(
+            "results/refined/experiments/{experiment}/offsets_by_resolution.tsv",
+            caption="../workflow/report/refinement_observed.rst",
+            category="Refinement",
+            labels={"experiment": "{experiment}", "figure": "offsets by resolution (table)"},
+        ),
+        plot=report(
+            "results/refined/experiments/{experiment}/offsets_by_resolution.png",
+            caption="../workflow/report/refinement_observed.rst",
+            category="Refinement",
+            labels={"experiment": "{experiment}", "figure": "offsets by resolution"},
+        ),
+    params:
+        prior=lambda wc: experiment_refinement_params()["prior"](wc),
+        resolution_bins=config["refinement"]["resolution_bins"],
+    log:
+        "logs/refined/experiments/{experiment}/scores.log",
+    wildcard_constraints:
+        experiment=experiments_pattern(kinds=("file",)),
+    conda:
+        "../envs/braggflow.yaml"
+    script:
+        "../workflow/scripts/experiment_refinement_scores.py"

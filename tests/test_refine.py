@@ -262,6 +262,114 @@ def test_detector_refinement_recovers_distance_and_beam_centre(sf_table):
     assert res.panel.close_distance_mm == pytest.approx(100.0, abs=0.05)
     x, y, _ = res.panel.ray_to_px(np.array([[0.0, 0.0, -1.0]]))
     assert (x[0], y[0]) == (pytest.approx(256.0, abs=0.1), pytest.approx(256.0, abs=0.1))
-    assert res.distance_shift_mm == pytest.approx(-1.0, abs=0.05)
-    assert res.beam_shift_px == (pytest.approx(-1.5, abs=0.1), pytest.approx(1.3, abs=0.1))
+    assert res.distance_shift_mm[0] == pytest.approx(-1.0, abs=0.05)
+    assert tuple(res.beam_shift_px[0]) == (pytest.approx(-1.5, abs=0.1), pytest.approx(1.3, abs=0.1))
     assert all(s.converged for s in res.stills) and len(res.stills) == 3
+
+
+def _halves(det: Panel) -> list[Panel]:
+    """``det`` as two panels: its upper and lower halves in slow."""
+    from dataclasses import replace
+
+    half = det.n_slow // 2
+    lower = tuple(np.array(det.origin_mm) + half * det.pixel_size_mm * np.array(det.slow_axis))
+    return [replace(det, n_slow=half), replace(det, origin_mm=lower, n_slow=det.n_slow - half)]
+
+
+def _boxes_on_halves(case, half_width=4):
+    t, strong = case["truth"], case["strong"]
+    x, y = t.x_px[strong], t.y_px[strong]
+    half = case["det"].n_slow // 2
+    on = (y >= half).astype(int)
+    stack = case["counts"].reshape(2, half, case["det"].n_fast)
+    return Shoeboxes.around(stack, None, np.column_stack([x, y - half * on]), half_width, on)
+
+
+def test_detector_refinement_moves_each_panel_on_its_own(sf_table):
+    """A detector of two halves, each off in its own way in the model (upper half 0.6 mm too far and beam centre
+    +1.2, -0.8 px; lower half 0.5 mm too near and -0.9, +1.1 px), and a third panel no spot falls on: each half
+    comes back to its true place (0.05 mm along the normal, 0.1 px across), the third is left where it was."""
+    from dataclasses import replace
+
+    from braggflow.refine.stills import refine_detector
+
+    true_det = Panel.from_beam_center(100.0, (256, 256), 0.1, 512, 512)
+    true_halves = _halves(true_det)
+    spare = replace(true_det, origin_mm=tuple(np.array(true_det.origin_mm) + [80.0, 0.0, 0.0]), n_fast=50, n_slow=50)
+    normal = np.cross(true_det.fast_axis, true_det.slow_axis)
+    normal *= np.sign(np.dot(normal, true_det.origin_mm)) / np.linalg.norm(normal)
+    errors = [(0.6, (1.2, -0.8)), (-0.5, (-0.9, 1.1))]
+    model = [replace(p, origin_mm=tuple(np.array(p.origin_mm) + d * normal
+                                        - 0.1 * (b[0] * np.array(p.fast_axis) + b[1] * np.array(p.slow_axis))))
+             for p, (d, b) in zip(true_halves, errors)] + [spare]
+    starts, boxes = [], []
+    for seed in range(3):
+        rng = np.random.default_rng(200 + seed)
+        U = _small_rotation(rng.standard_normal(3), float(rng.uniform(0, 180)))
+        truth, refl, counts, strong = _simulated_still(U, rng, true_det, sf_table)
+        boxes.append(_boxes_on_halves(dict(truth=refl, strong=strong, det=true_det, counts=counts), 5))
+        starts.append(Still(Crystal(_small_rotation(rng.standard_normal(3), 0.02) @ U @ gemmi_b_matrix(CELL),
+                                    ncells=(35, 35, 35), shape="round", mosaic_umats=truth.crystal.mosaic_umats),
+                            Pulse(LAMBDAS_A, fluence_photons_per_m2=2e25, kahn_factor=0.99), Numerics()))
+    res = refine_detector(starts, boxes, model, sf_table, NoiseModel(1.0, 0.5), "P 43 21 2")
+    assert res.converged, res.message
+    assert list(res.groups) == [0, 1, 2] and np.isnan(res.distance_shift_mm[2])
+    assert res.panels[2].origin_mm == spare.origin_mm
+    for k, (p, (d, b)) in enumerate(zip(true_halves, errors)):
+        off = np.array(res.panels[k].origin_mm) - np.array(p.origin_mm)
+        assert abs(off @ normal) <= 0.05 and np.linalg.norm(off - (off @ normal) * normal) <= 0.1 * 0.1, (k, off)
+        assert res.distance_shift_mm[k] == pytest.approx(-d, abs=0.05)
+        np.testing.assert_allclose(res.beam_shift_px[k], -np.array(b), atol=0.1)
+    with pytest.raises(ValueError, match="panel_groups"):
+        refine_detector(starts, boxes, model, sf_table, NoiseModel(1.0, 0.5), "P 43 21 2", panel_groups=[0, 1])
+    with pytest.raises(ValueError, match="detector has 3 panels"):
+        res.panel
+
+
+def test_model_reproduces_the_simulator_through_a_psf_on_two_panels(noisy_still, sf_table):
+    """Shoeboxes on both halves of a detector cut in two, the expected photons through nanoBragg's Gaussian PSF:
+    the simulator's exhaustive image of each panel, blurred by ``apply_psf``, at the fitted pixels (boxes at a
+    panel's edge lose the photons spread off it, as the simulator does)."""
+    from braggflow.refine.stills import _StillProblem
+    from braggflow.simulator import apply_psf
+
+    c = noisy_still
+    panels = _halves(c["det"])
+    boxes = _boxes_on_halves(c)
+    assert set(boxes.panels.tolist()) == {0, 1} and boxes.n_boxes >= 80
+    psf_px = 1.7
+    prob = _StillProblem(c["truth_still"], panels, sf_table, boxes, NoiseModel(), "P 43 21 2", RefineSettings(),
+                         None, None, psf_px)
+    with torch.no_grad():
+        model = prob.bragg().numpy()
+    images = [apply_psf(simulate_still(c["truth_still"], p, sf_table, exhaustive=True), psf_px) for p in panels]
+    sim = np.array([images[k][s, f] for k, s, f in zip(boxes.panel, boxes.slow_px, boxes.fast_px)])
+    peak = max(float(i.max()) for i in images)
+    assert np.abs(model - sim).max() <= 1e-6 * peak
+    assert np.abs(model - sim).max() > 0 or sim.max() > 0.1 * peak
+
+
+def test_per_shoebox_intensities_recover_what_the_spot_positions_fix(noisy_still, sf_table):
+    """A real still's F is not known: every shoebox its own intensity (F = 1 in the model), on two panels. Its
+    spots' positions and shapes remain, and they fix a turn about the beam and the cell (which move every spot
+    on the detector); a turn about an axis across the beam mostly changes which spots appear, which free
+    intensities absorb."""
+    c = noisy_still
+    boxes = _boxes_on_halves(c)
+    crystal = c["start"].crystal
+    start_B = gemmi_b_matrix((CELL[0] * 1.002, CELL[1] * 1.002, CELL[2] * 0.999, 90, 90, 90))
+    start = Still(Crystal(_small_rotation([0, 0, 1], 0.08) @ c["U"] @ start_B, ncells=crystal.ncells,
+                          shape=crystal.shape, mosaic_umats=crystal.mosaic_umats), c["start"].pulse,
+                  c["start"].numerics)
+    res = refine_still(start, _halves(c["det"]), None, boxes, NoiseModel(1.0, 0.5), "P 43 21 2",
+                       RefineSettings(intensities="per_shoebox"), reference_cell=CELL)
+    assert res.converged, res.message
+    assert res.nll_final < res.nll_start and res.stages[0]["parameters"] == ["intensity", "background"]
+    assert _misorientation_deg(start.crystal.A_matrix, c["U"] @ c["B"]) > 0.07
+    assert _misorientation_deg(res.A_matrix, c["U"] @ c["B"]) <= 0.01
+    assert max(abs(x / y - 1) for x, y in zip(res.cell[:3], CELL[:3])) <= 2e-4
+    assert _rmsd_px(start, c, sf_table) > 0.3 and _rmsd_px(res.still(start), c, sf_table) <= 0.05
+    with pytest.raises(ValueError, match="structure factors are needed"):
+        refine_still(c["start"], c["det"], None, boxes, NoiseModel(), "P 43 21 2")
+    with pytest.raises(ValueError, match="intensities must be one of"):
+        RefineSettings(intensities="sometimes")

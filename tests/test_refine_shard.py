@@ -114,10 +114,50 @@ def test_a_shard_refines_its_good_still_and_reports_the_others(shard, sf_table):
     assert np.isfinite(rows[2]["A0_00"]) and np.isnan(rows[2]["A00"])  # the start is kept, no refined model
 
 
-def test_a_multi_panel_export_is_reported(shard):
-    ex = {k: (np.concatenate([v, v], axis=1) if k.startswith("panel_") else v) for k, v in shard["export"].items()}
-    items = still_inputs(ex, shard["counts"], None, shard["prior"], SETTINGS)
-    assert items[0].message == "2 panels: the refinement of a still fits one panel" and items[0].start is None
+def test_a_multi_panel_export_takes_each_spot_on_its_own_panel(shard):
+    """The 512 x 512 panel as two 512 x 256 halves: the same spots, each shoebox on the half it lies on, at the
+    same pixels and counts; a frame whose shape is not the panels' is reported."""
+    ex = dict(shard["export"])
+    n = len(ex["indexed"])
+    det = shard["det"]
+    lower = np.array(det.origin_mm) + 256 * det.pixel_size_mm * np.array(det.slow_axis)
+    ex["panel_origin_mm"] = np.stack([np.tile(np.array(det.origin_mm), (n, 1)), np.tile(lower, (n, 1))], axis=1)
+    for k in ("panel_fast_axis", "panel_slow_axis", "panel_pixel_size_mm", "panel_parallax_mu_per_mm",
+              "panel_parallax_t0_mm"):
+        ex[k] = np.concatenate([ex[k], ex[k]], axis=1)
+    ex["panel_image_size"] = np.tile([[512, 256]], (n, 2, 1))
+    ex["strong_panel"] = (ex["strong_y"] >= 256).astype(int)
+    ex["strong_y"] = np.where(ex["strong_panel"] == 1, ex["strong_y"] - 256, ex["strong_y"])
+    halves = shard["counts"].reshape(len(shard["counts"]), 2, 256, 512)
+    one, two = (still_inputs(e, c, None, shard["prior"], SETTINGS)[0] for e, c in
+                ((shard["export"], shard["counts"]), (ex, halves)))
+    assert len(two.panels) == 2 and two.boxes.n_boxes == one.boxes.n_boxes > 10
+    on_two = two.boxes.panel == 1
+    assert on_two.any() and (~on_two).any()
+    # every pixel of a box whose spot is on the upper half stays there (shoeboxes are clipped to their panel)
+    whole_slow = two.boxes.slow_px + 256 * two.boxes.panel
+    key = lambda f, s: set(zip(f.tolist(), s.tolist()))  # noqa: E731
+    assert key(two.boxes.fast_px, whole_slow) <= key(one.boxes.fast_px, one.boxes.slow_px)
+    np.testing.assert_array_equal(two.boxes.counts_adu, halves[0][two.boxes.panel, two.boxes.slow_px,
+                                                                   two.boxes.fast_px])
+    bad = still_inputs(ex, shard["counts"], None, shard["prior"], SETTINGS)[0]
+    assert bad.start is None and "frame of shape (512, 512) on 2 panel(s)" in bad.message
+
+
+def test_only_spots_dials_indexed_get_shoeboxes(shard):
+    """Real stills hold strong spots of other lattices, ice and zingers: ``indexed_within_px`` keeps those near a
+    reflection DIALS predicted on their panel."""
+    from braggflow.refine.shard import indexed_spots
+
+    ex = shard["export"]
+    sel = ex["strong_frame"] == 0
+    xy = np.column_stack([ex["strong_x"][sel], ex["strong_y"][sel]])
+    panel = np.zeros(len(xy), int)
+    cal = dict(refl_frame=np.zeros(3, int), refl_panel=np.array([0, 0, 1]), refl_x_cal=xy[[0, 1, 2], 0] + 1.0,
+               refl_y_cal=xy[[0, 1, 2], 1] + 1.0)
+    near = indexed_spots(cal, 0, xy, panel, 2.0)
+    assert near[:2].all() and not near[2] and near.sum() == 2  # the third prediction is on another panel
+    assert not indexed_spots(cal, 0, xy, panel, 1.0).any()  # sqrt(2) px away
 
 
 def test_max_spots_keeps_the_brightest(shard):
@@ -175,3 +215,49 @@ def test_dials_reads_the_expt(shard, tmp_path):
     np.testing.assert_allclose(got["origin"], shard["det"].origin_mm)
     assert got["strategy"] == "ParallaxCorrectedPxMmStrategy" and got["t0"] == pytest.approx(0.45)
     assert got["image"] == str(tmp_path / "frames.h5")
+
+
+def _stills_row(a: np.ndarray, energy_kev: float, ncells: float) -> dict:
+    row = {"frame": 0, "energy_start_kev": energy_kev, "energy_kev": energy_kev, "ncells_na": ncells,
+           "ncells_nb": ncells, "ncells_nc": ncells}
+    row.update({f"A{j // 3}{j % 3}": float(a.flat[j]) for j in range(9)})
+    return row
+
+
+def test_observed_offsets_pair_strong_spots_with_dials_predictions(shard, sf_table):
+    """Real stills are scored against DIALS' observed centroids: each strong spot paired with the DIALS
+    prediction nearest it on its panel (within 2 px), both predictions' offsets in px and um, radial along the
+    line from the beam axis. Observed spots put exactly where the model's spots centre, DIALS' predictions 0.3 px
+    off radially: the refined model's offsets are 0, DIALS' 0.3 px (33 um at 0.11 mm pixels)."""
+    import pandas as pd
+
+    from braggflow.refine.scores import observed_by_resolution, observed_offsets
+    from braggflow.simulator import spot_centroids
+
+    det = Panel.from_beam_center(100.0, (256, 256), 0.11, 512, 512)
+    still = shard["prior"].still(shard["truth_a"], 1.3, (40.0, 40.0, 40.0))
+    truth = truth_reflections(still, det, sf_table)
+    keep = truth.photons > 10
+    hkl = truth.hkl[keep]
+    xy = spot_centroids(still, det, hkl)
+    ok = np.isfinite(xy).all(axis=1) & (np.hypot(xy[:, 0] - 256, xy[:, 1] - 256) > 20)
+    hkl, xy = hkl[ok], xy[ok]
+    unit = (xy - 256.0) / np.hypot(xy[:, :1] - 256.0, xy[:, 1:] - 256.0)
+    cal = xy + 0.3 * unit
+    ex = _export([{"indexed": True, "A": shard["truth_a"], "strong": np.vstack([xy, [[5.0, 5.0]]])}], det)
+    ex["panel_pixel_size_mm"][:] = 0.11
+    n = len(hkl)
+    ex.update(refl_frame=np.zeros(n, int), refl_panel=np.zeros(n, int), refl_x_cal=cal[:, 0], refl_y_cal=cal[:, 1],
+              refl_h=hkl[:, 0], refl_k=hkl[:, 1], refl_l=hkl[:, 2], refl_d=np.linspace(4.0, 2.0, n))
+    energy = 12.398419843320026 / 1.3
+    off = observed_offsets(ex, pd.DataFrame([_stills_row(shard["truth_a"], energy, 40.0)]), shard["prior"])
+    assert len(off) == n > 20  # the lone spot at (5, 5) has no prediction near it
+    np.testing.assert_allclose(off[["dx_refined_px", "dy_refined_px"]], 0.0, atol=1e-9)
+    np.testing.assert_allclose(off.radial_dials_px, 0.3, atol=1e-6)
+    np.testing.assert_allclose(off.transverse_dials_px, 0.0, atol=1e-6)
+    np.testing.assert_allclose(off.radial_dials_um, 33.0, atol=1e-4)
+    by_bin = observed_by_resolution(off, 2)
+    assert by_bin.bin.tolist() == ["0", "1", "all"] and by_bin.n.tolist()[-1] == n
+    overall = by_bin.iloc[-1]
+    assert overall.rmsd_dials_px == pytest.approx(0.3) and overall.rmsd_refined_px == pytest.approx(0.0, abs=1e-9)
+    assert overall.change_rel == pytest.approx(-1.0)

@@ -32,6 +32,8 @@ CSPAD_MATRIX_PREDICTIONS = ["cspad/peak_finder-8keV_100mm", "cspad/hit_classifie
 EVALUATIONS = ["shifted/7keV_100mm", "shifted/8keV_100mm", "cspad/8keV_100mm", "cspad/matched"]
 # The refinement of every matrix shard, each dataset's detector and their scores.
 REFINEMENT = {"refine_stills": 4, "refine_detector": 2, "refinement_scores": 1}
+# The refinement of the real CSPAD stills and its scores.
+REAL_REFINEMENT = {"refine_experiment": ["cspad"], "experiment_refinement_scores": ["cspad"]}
 # Every job downstream of the matrix overlay shards (the same for every edit that changes all of them).
 MATRIX_TRAINING = {
     "train_peak_finder": 2, "train_hit_classifier": 2, "baseline_peak_finder": 2, "peak_examples": 2,
@@ -135,7 +137,8 @@ def test_a_figure_setting_reruns_only_its_figures(tiny_run, base):
         "peak_examples": [f"1ic6/{d}" for d in D]}
     assert planned(tiny_run, edited(base, "evaluation.resolution_bins", 3)) == {
         "evaluation_offsets_plot": ["cspad", "shifted"], "evaluation_summary": [""]}
-    assert planned(tiny_run, edited(base, "refinement.resolution_bins", 3)) == {"refinement_scores": ["1ic6"]}
+    assert planned(tiny_run, edited(base, "refinement.resolution_bins", 3)) == {
+        "refinement_scores": ["1ic6"], "experiment_refinement_scores": ["cspad"]}
 
 
 def test_growing_a_dataset_keeps_its_full_shards(tiny_run, base):
@@ -172,11 +175,13 @@ def test_a_training_setting_reruns_its_model_and_what_reads_it(tiny_run, base):
 def test_an_evaluation_setting_reruns_the_evaluation_and_the_calibration_it_sets(tiny_run, base):
     jobs = planned(tiny_run, edited(base, "evaluation.min_i_over_sigma", 4.0))
     # The CSPAD's matched simulation is calibrated to this I/sigma cut (its photon cut): that model again.
+    # The refinement of the stills takes the calibrated PSF and crystal size: it runs again too.
     assert {r: jobs.pop(r) for r in ("calibrate_matched", "matched_frames", "train_matched_peak_finder",
-                                     "matched_baseline_peak_finder", "predict", "benchmark_summary")} == {
+                                     "matched_baseline_peak_finder", "predict", "benchmark_summary",
+                                     *REAL_REFINEMENT)} == {
         "calibrate_matched": ["cspad"], "matched_frames": ["cspad/0000"], "train_matched_peak_finder": ["cspad"],
         "matched_baseline_peak_finder": ["cspad"], "predict": ["cspad/peak_finder-matched"],
-        "benchmark_summary": [""]}
+        "benchmark_summary": [""], **REAL_REFINEMENT}
     assert jobs == {"evaluate_predictions": sorted(EVALUATIONS), "evaluation_offsets_plot": ["cspad", "shifted"],
                     "evaluation_summary": [""]}
 
@@ -192,14 +197,14 @@ def test_a_dials_setting_reruns_dials_and_its_readers(tiny_run, base):
                             "evaluation_offsets_plot": 2, "evaluation_summary": 1, "benchmark_summary": 1,
                             "matched_stand_in": 1, "matched_structure_factors": 1, "calibrate_matched": 1,
                             "matched_frames": 1, "train_matched_peak_finder": 1, "matched_baseline_peak_finder": 1,
-                            **REFINEMENT}
+                            **REFINEMENT, **{r: 1 for r in REAL_REFINEMENT}}
 
 
 def test_a_refinement_setting_reruns_the_refinement_only(tiny_run, base):
     jobs = planned(tiny_run, edited(base, "refinement.max_spots", 100))
     assert jobs == {"refine_stills": sorted(f"1ic6/{d}/{s}" for d in D for s in ("0000", "0001")),
                     "refine_detector": [f"1ic6/{d}" for d in D], "refinement_scores": ["1ic6"],
-                    "benchmark_summary": [""]}
+                    **REAL_REFINEMENT, "benchmark_summary": [""]}
     # the model it assumes: the simulation's spectrum reaches every simulation and every refinement
     jobs = planned(tiny_run, edited(base, "simulation.bandwidth_frac", 0.003))
     assert counts(jobs)["refine_stills"] == 4 and jobs["refinement_scores"] == ["1ic6"]

@@ -152,3 +152,20 @@ def test_tiny_config_refines_every_indexed_still_and_the_detector(tiny_run):
     assert set(bins.dataset) == {"all", "7keV_100mm", "8keV_100mm"} and bins.n.sum() == 2 * scores.reflections.sum()
     for png in ("scores.png", "offsets_by_resolution.png"):
         assert (out / png).stat().st_size > 10_000
+
+    # the real CSPAD stills: every frame has its row, each refined still a crystal in the .expt (on all 64
+    # panels, images named by their CBFs), and DIALS' strong spots are scored against both predictions
+    real = tiny_run / "results/refined/experiments/cspad"
+    stills = pd.read_csv(real / "stills.tsv", sep="\t")
+    assert stills.frame.tolist() == [0, 1] and stills.spots.gt(0).all()
+    assert stills.status.isin(["converged", "not converged"]).all()
+    expt = json.loads((real / "refined.expt").read_text())
+    assert len(expt["experiment"]) == 2 and len(expt["detector"][0]["panels"]) == 64
+    assert all(i["images"][0].endswith(".cbf") for i in expt["imageset"])
+    offsets = pd.read_csv(real / "offsets.tsv", sep="\t")
+    assert len(offsets) >= 20 and offsets.panel.nunique() > 5
+    by_bin = pd.read_csv(real / "offsets_by_resolution.tsv", sep="\t")
+    overall = by_bin[by_bin.bin == "all"].iloc[0]
+    assert overall.n == len(offsets) and overall.rmsd_dials_px < 1.5 and overall.rmsd_refined_px < 1.5
+    assert overall.rmsd_dials_um == pytest.approx(overall.rmsd_dials_px * 109.92, rel=1e-3)
+    assert (real / "offsets_by_resolution.png").stat().st_size > 10_000

@@ -61,3 +61,23 @@ def plot_offsets_by_resolution(path: str | Path, offsets: pd.DataFrame) -> None:
     axes[0].set_ylabel("RMSD (px)")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_observed_offsets(path: str | Path, by_bin: pd.DataFrame, title: str) -> None:
+    """Real stills: RMSD of predicted against observed centroids by resolution bin (overall, radial, transverse,
+    in um), DIALS' prediction against the refined model's, with each bin's spot count."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    g = by_bin[by_bin.n > 0] if len(by_bin) else by_bin
+    centre = 0.5 * (1 / g.d_max_angstrom.replace(np.inf, 0.0) + 1 / g.d_min_angstrom) if len(g) else []
+    for ax, (what, name) in zip(axes, (("", "overall"), ("radial_", "radial"), ("transverse_", "transverse"))):
+        if len(g):
+            ax.plot(centre, g[f"rmsd_{what}dials_um"], "o-", color="tab:grey", label="DIALS")
+            ax.plot(centre, g[f"rmsd_{what}refined_um"], "o-", color="tab:blue", label="refined")
+            for x, y, n in zip(centre, g[f"rmsd_{what}dials_um"], g.n):
+                ax.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        ax.set(xlabel="1/d (1/A)", title=f"{title}: {name}")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("RMSD against observed centroids (um)")
+    fig.tight_layout()
+    save_figure(fig, path)

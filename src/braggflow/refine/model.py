@@ -98,9 +98,11 @@ class TorchStill:
     kappa: torch.Tensor  # (S,) 1/lambda (1/Angstrom)
     weights: torch.Tensor  # (S,) sum 1
     scale: torch.Tensor  # () r_e^2 * fluence (m^2 * photons / m^2)
-    origin_mm: torch.Tensor  # (3,) outer corner of pixel (0, 0)
-    fast_axis: torch.Tensor  # (3,) unit
-    slow_axis: torch.Tensor  # (3,) unit
+    # the panel: (3,) each, or (P, 3) per pixel of ``expected_photons`` (the pixels' own panels of a multi-panel
+    # detector; one pixel size and sensor for all)
+    origin_mm: torch.Tensor  # outer corner of pixel (0, 0)
+    fast_axis: torch.Tensor  # unit
+    slow_axis: torch.Tensor  # unit
     pixel_mm: float
     shape: str
     fudge: float
@@ -190,7 +192,7 @@ def _geometry(pos: torch.Tensor, ts: TorchStill, close: torch.Tensor | None = No
     r = torch.linalg.vector_norm(pos, dim=-1)
     d = pos / r[:, None]
     if close is None:
-        close = torch.abs(ts.origin_mm @ _normal(ts))
+        close = torch.abs((ts.origin_mm * _normal(ts)).sum(-1))
     omega = ts.pixel_mm ** 2 * close / r ** 3
     c = d @ ts.inc_pol  # cos 2theta (one incident direction for all sources, as the simulator)
     pol = 1.0 + c * c
@@ -201,8 +203,8 @@ def _geometry(pos: torch.Tensor, ts: TorchStill, close: torch.Tensor | None = No
 
 
 def _normal(ts: TorchStill) -> torch.Tensor:
-    normal = torch.linalg.cross(ts.fast_axis, ts.slow_axis)
-    return normal / torch.linalg.vector_norm(normal)
+    normal = torch.linalg.cross(ts.fast_axis, ts.slow_axis, dim=-1)
+    return normal / torch.linalg.vector_norm(normal, dim=-1, keepdim=True)
 
 
 def _layers(pos: torch.Tensor, ts: TorchStill):
@@ -212,9 +214,9 @@ def _layers(pos: torch.Tensor, ts: TorchStill):
         yield pos, None, None
         return
     n = _normal(ts)
-    n = n * torch.sign(ts.origin_mm @ n)  # away from the sample
-    close0 = ts.origin_mm @ n
-    cos = (pos @ n) / torch.linalg.vector_norm(pos, dim=-1)
+    n = n * torch.sign((ts.origin_mm * n).sum(-1, keepdim=True))  # away from the sample
+    close0 = (ts.origin_mm * n).sum(-1)
+    cos = (pos * n).sum(-1) / torch.linalg.vector_norm(pos, dim=-1)
     dt = ts.thickness_mm / ts.layers
     x = (ts.mu_per_mm * dt) / cos
     frac = None

@@ -52,8 +52,8 @@ class RefinementSettings(Section):
     distance_bound_mm: float
     beam_bound_px: float
 
-    def still_settings(self) -> RefineSettings:
-        return RefineSettings(ncells_per_axis=self.ncells_per_axis, refine_cell=self.refine_cell,
+    def still_settings(self, intensities: str = "structure_factors") -> RefineSettings:
+        return RefineSettings(intensities=intensities, ncells_per_axis=self.ncells_per_axis, refine_cell=self.refine_cell,
                               refine_energy=self.refine_energy, max_rounds=self.max_rounds,
                               iterations_per_round=self.iterations_per_round, nll_tolerance=self.nll_tolerance,
                               rotation_bound_deg=self.rotation_bound_deg, cell_bound_rel=self.cell_bound_rel,
@@ -152,21 +152,49 @@ def beam_of(export: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, float]:
     return s0 / k, 1.0 / k
 
 
+def indexed_spots(export: dict[str, np.ndarray], i: int, xy: np.ndarray, panel: np.ndarray,
+                  within_px: float) -> np.ndarray:
+    """(n,) bool: which of frame ``i``'s spots (xy (n, 2) px on ``panel``) have a reflection DIALS predicted
+    (its integrated xyzcal) within ``within_px`` on the same panel: the spots DIALS' lattice accounts for."""
+    on = export["refl_frame"] == i
+    cal = np.column_stack([export["refl_x_cal"][on], export["refl_y_cal"][on]]).astype(float)
+    cal_panel = export["refl_panel"][on]
+    out = np.zeros(len(xy), bool)
+    for k in np.unique(panel):
+        mine, theirs = panel == k, cal[cal_panel == k]
+        if len(theirs):
+            d = np.hypot(xy[mine, None, 0] - theirs[None, :, 0], xy[mine, None, 1] - theirs[None, :, 1])
+            out[mine] = d.min(axis=1) <= within_px
+    return out
+
+
 def strong_centres(export: dict[str, np.ndarray], i: int, counts: np.ndarray, untrusted: np.ndarray | None,
-                   max_spots: int) -> np.ndarray:
-    """(n, 2) (fast, slow) px of frame ``i``'s strong spots on panel 0, the ``max_spots`` brightest (by the counts
-    of each spot's 3x3 pixels) where there are more."""
-    sel = (export["strong_frame"] == i) & (export["strong_panel"] == 0)
+                   max_spots: int, indexed_within_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """((n, 2) (fast, slow) px, (n,) panel) of frame ``i``'s strong spots, the ``max_spots`` brightest (by the
+    counts of each spot's 3x3 pixels) where there are more; ``counts``: (slow, fast), or (panels, slow, fast).
+    ``indexed_within_px``: only the spots DIALS' lattice accounts for (``indexed_spots``): a real still's strong
+    spots include other lattices, ice and zingers, whose shoeboxes the model can fit only by moving its own
+    spots."""
+    c = np.asarray(counts, float)
+    c = c if c.ndim == 3 else c[None]
+    sel = (export["strong_frame"] == i) & (export["strong_panel"] >= 0) & (export["strong_panel"] < len(c))
     xy = np.column_stack([export["strong_x"][sel], export["strong_y"][sel]]).astype(float)
-    xy = xy[np.isfinite(xy).all(axis=1)]
+    panel = export["strong_panel"][sel].astype(np.int64)
+    keep = np.isfinite(xy).all(axis=1)
+    xy, panel = xy[keep], panel[keep]
+    if indexed_within_px is not None:
+        keep = indexed_spots(export, i, xy, panel, indexed_within_px)
+        xy, panel = xy[keep], panel[keep]
     if len(xy) <= max_spots:
-        return xy
-    c = np.where(untrusted, 0.0, counts) if untrusted is not None else counts
-    c = np.nan_to_num(np.asarray(c, float))
-    fx = np.clip(np.floor(xy[:, 0]).astype(int), 1, c.shape[1] - 2)
-    fy = np.clip(np.floor(xy[:, 1]).astype(int), 1, c.shape[0] - 2)
-    bright = sum(c[fy + dy, fx + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-    return xy[np.argsort(-bright, kind="stable")[:max_spots]]
+        return xy, panel
+    if untrusted is not None:
+        c = np.where(np.asarray(untrusted, bool).reshape(c.shape), 0.0, c)
+    c = np.nan_to_num(c)
+    fx = np.clip(np.floor(xy[:, 0]).astype(int), 1, c.shape[2] - 2)
+    fy = np.clip(np.floor(xy[:, 1]).astype(int), 1, c.shape[1] - 2)
+    bright = sum(c[panel, fy + dy, fx + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    order = np.argsort(-bright, kind="stable")[:max_spots]
+    return xy[order], panel[order]
 
 
 @dataclass(frozen=True)
@@ -175,16 +203,23 @@ class StillInput:
 
     frame: int
     start: Still | None
-    panel: Panel | None
+    panels: tuple[Panel, ...] | None  # the detector DIALS used (boxes.panels index it)
     boxes: Shoeboxes | None
     beam_direction: np.ndarray | None
     message: str = ""
 
+    @property
+    def panel(self) -> Panel | None:
+        """The one panel of a single-panel detector (the detector refinement's)."""
+        return self.panels[0] if self.panels is not None and len(self.panels) == 1 else None
+
 
 def still_inputs(export: dict[str, np.ndarray], counts: np.ndarray, untrusted: np.ndarray | None,
-                 prior: StillPrior, settings: RefinementSettings) -> list[StillInput]:
-    """Per frame of the export, what its refinement starts from (``counts``: (frames, slow, fast) ADU;
-    ``untrusted``: the same shape, or (slow, fast) for every frame, or None)."""
+                 prior: StillPrior, settings: RefinementSettings,
+                 indexed_within_px: float | None = None) -> list[StillInput]:
+    """Per frame of the export, what its refinement starts from (``counts``: (frames, slow, fast) ADU, or
+    (frames, panels, slow, fast) for a multi-panel detector; ``untrusted``: the same shape, or that of one frame
+    for every frame, or None)."""
     out = []
     for i in range(len(export["indexed"])):
         if not export["indexed"][i]:
@@ -195,21 +230,20 @@ def still_inputs(export: dict[str, np.ndarray], counts: np.ndarray, untrusted: n
         if det is None or not np.all(np.isfinite(a)) or not np.all(np.isfinite(export["s0"][i])):
             out.append(StillInput(i, None, None, None, None, "the DIALS export has no finite model for this still"))
             continue
-        if len(det) != 1:
-            out.append(StillInput(i, None, None, None, None,
-                                  f"{len(det)} panels: the refinement of a still fits one panel"))
-            continue
-        panel = det[0]
+        panels = tuple(det.panels)
         frame = np.asarray(counts[i], float)
-        bad = None if untrusted is None else (untrusted if np.ndim(untrusted) == 2 else untrusted[i])
-        if frame.shape != (panel.n_slow, panel.n_fast):
-            out.append(StillInput(i, None, None, None, None, f"frame of shape {frame.shape} on a panel of "
-                                  f"{panel.n_slow} x {panel.n_fast} px"))
+        bad = None if untrusted is None else (untrusted if np.ndim(untrusted) == frame.ndim else untrusted[i])
+        shapes = {(q.n_slow, q.n_fast) for q in panels}
+        expected = ((len(panels),) if len(panels) > 1 else ()) + (next(iter(shapes)) if len(shapes) == 1 else ())
+        if len(shapes) != 1 or frame.shape != expected:
+            out.append(StillInput(i, None, None, None, None, f"frame of shape {frame.shape} on {len(panels)} "
+                                  f"panel(s) of {sorted(shapes)} (slow, fast) px"))
             continue
         direction, wavelength = beam_of(export, i)
-        centres = strong_centres(export, i, frame, bad, settings.max_spots)
-        boxes = Shoeboxes.around(frame, bad, centres, settings.shoebox_half_width_px)
-        out.append(StillInput(i, prior.still(a, wavelength), panel, boxes, direction))
+        centres, on = strong_centres(export, i, frame, bad, settings.max_spots, indexed_within_px)
+        boxes = (Shoeboxes.around(frame, bad, centres, settings.shoebox_half_width_px, on) if frame.ndim == 3
+                 else Shoeboxes.around(frame, bad, centres, settings.shoebox_half_width_px))
+        out.append(StillInput(i, prior.still(a, wavelength), panels, boxes, direction))
     return out
 
 
@@ -255,11 +289,11 @@ def still_row(item: StillInput, res: RefinedStill | None, status: str, message: 
     return row
 
 
-def refine_shard(items: list[StillInput], sf: StructureFactorTable, noise: NoiseModel, space_group: str,
+def refine_shard(items: list[StillInput], sf: StructureFactorTable | None, noise: NoiseModel, space_group: str,
                  reference_cell: tuple[float, ...] | None, settings: RefinementSettings, device: str | None = None,
-                 log=None) -> tuple[list[dict[str, Any]], list[RefinedStill | None]]:
+                 log=None, psf_fwhm_px: float = 0.0) -> tuple[list[dict[str, Any]], list[RefinedStill | None]]:
     """Refine every still of ``items``: the table's rows (one per frame) and the refined models (None where a
-    still had none to refine)."""
+    still had none to refine). ``sf`` None: every shoebox its own intensity (``intensities: per_shoebox``)."""
     rows, refined = [], []
     for item in items:
         t0 = time.process_time()
@@ -268,8 +302,9 @@ def refine_shard(items: list[StillInput], sf: StructureFactorTable, noise: Noise
             message = _check_beam(item.beam_direction)
             if not message:
                 try:
-                    res = refine_still(item.start, item.panel, sf, item.boxes, noise, space_group,
-                                       settings.still_settings(), reference_cell, device)
+                    res = refine_still(item.start, item.panels, sf, item.boxes, noise, space_group,
+                                       settings.still_settings("per_shoebox" if sf is None else "structure_factors"),
+                                       reference_cell, device, psf_fwhm_px)
                 except ValueError as exc:  # a model the refinement cannot take (e.g. a cell off its space group)
                     message = f"{type(exc).__name__}: {exc}"
                 if res is not None:
@@ -289,7 +324,7 @@ def refine_shard(items: list[StillInput], sf: StructureFactorTable, noise: Noise
 def detector_stills(items: list[StillInput], n_stills: int) -> list[StillInput]:
     """The stills a dataset's detector is refined from: the ``n_stills`` with the most shoeboxes (ties by order)."""
     usable = [it for it in items if it.start is not None and it.boxes is not None and it.boxes.n_boxes > 0
-              and not _check_beam(it.beam_direction)]
+              and it.panel is not None and not _check_beam(it.beam_direction)]
     usable.sort(key=lambda it: -it.boxes.n_boxes)
     return usable[:n_stills]
 
@@ -315,8 +350,9 @@ def refine_dataset_detector(items: list[StillInput], sf: StructureFactorTable, n
     still_cfg = RefineSettings(**{**settings.still_settings().__dict__, "refine_cell": False, "refine_energy": False})
     res = refine_detector([it.start for it in chosen], [it.boxes for it in chosen], panel, sf, noise, space_group,
                           still_cfg, reference_cell, device, settings.distance_bound_mm, settings.beam_bound_px)
-    record.update(message=res.message, converged=bool(res.converged), distance_shift_mm=float(res.distance_shift_mm),
-                  beam_shift_px=[float(v) for v in res.beam_shift_px], panel_start=_panel_dict(panel),
+    record.update(message=res.message, converged=bool(res.converged),
+                  distance_shift_mm=float(res.distance_shift_mm[0]),
+                  beam_shift_px=[float(v) for v in res.beam_shift_px[0]], panel_start=_panel_dict(panel),
                   panel=_panel_dict(res.panel), nll_start=float(res.nll_start), nll_final=float(res.nll_final),
                   iterations=int(res.iterations),
                   still_messages=[s.message for s in res.stills])
@@ -396,13 +432,13 @@ def refine_overlay_shard(export_path, frames_path, mtz_path, prior: StillPrior, 
             continue
         row["expt_index"] = len(stills)
         lam = float(item.start.pulse.wavelengths_A @ item.start.pulse.weights) / res.energy_factor
-        stills.append(ExptStill(res.A_matrix, hall, lam, item.beam_direction, [item.panel], str(frames_path),
+        stills.append(ExptStill(res.A_matrix, hall, lam, item.beam_direction, list(item.panels), str(frames_path),
                                 item.frame, identifier=f"frame {row['frame_index']}",
                                 polarization_fraction=0.5 * (1.0 + prior.kahn_factor),
                                 polarization_angle_deg=math.degrees(math.atan2(prior.polarization_axis[1],
                                                                                prior.polarization_axis[0])),
-                                sensor_thickness_mm=export["panel_parallax_t0_mm"][item.frame][:1],
-                                sensor_mu_per_mm=export["panel_parallax_mu_per_mm"][item.frame][:1],
+                                sensor_thickness_mm=export["panel_parallax_t0_mm"][item.frame],
+                                sensor_mu_per_mm=export["panel_parallax_mu_per_mm"][item.frame],
                                 trusted_range=(-1.0, float(saturation_adu) - 1.0)))
     return rows, stills
 
@@ -481,3 +517,63 @@ def write_detector_record(path, record: dict[str, Any]) -> None:
 
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(clean(record), indent=1, sort_keys=True) + "\n")
+
+
+def refine_experiment_frames(export_path, frames_path, prior: StillPrior, settings: RefinementSettings,
+                             noise: NoiseModel, space_group: str, reference_cell: tuple[float, ...] | None,
+                             sf: StructureFactorTable | None = None, psf_fwhm_um: float = 0.0,
+                             indexed_within_px: float | None = 2.0, device: str | None = None, log=None):
+    """An experiment's stills (its frames file, in photons, -1 where untrusted, and its DIALS export), refined
+    from their DIALS models on every panel DIALS used: (the stills table, one ExptStill per refined still, the
+    still inputs, the refined stills). Real stills have no known F: with ``settings`` per_shoebox intensities
+    ``sf`` may be None. The .expt names each frame's own source image (the file DIALS read)."""
+    import gemmi
+
+    from ..formats import frames as F
+    from ..formats.dials_export import read_dials_export
+    from ..formats.expt import ExptStill
+
+    info = F.read_frames_info(frames_path)
+    counts = np.stack([F.read_frame_photons(frames_path, i) for i in range(info.n_frames)]).astype(float)
+    if info.n_panels == 1:
+        counts = counts[:, 0]
+    export = read_dials_export(export_path, info.n_frames)
+    items = still_inputs(export, counts, counts < 0, prior, settings, indexed_within_px)
+    pixel_mm = float(info.panels[0].pixel_size_mm)
+    rows, refined = refine_shard(items, sf, noise, space_group, reference_cell, settings, device, log,
+                                 psf_fwhm_um * 1e-3 / pixel_mm)
+    hall = gemmi.SpaceGroup(space_group).hall
+    stills = []
+    for row, item, res in zip(rows, items, refined):
+        row["frame_index"] = int(item.frame)
+        row["expt_index"] = -1
+        if res is None or row["status"] == "failed":
+            continue
+        row["expt_index"] = len(stills)
+        lam = float(item.start.pulse.wavelengths_A @ item.start.pulse.weights) / res.energy_factor
+        stills.append(ExptStill(res.A_matrix, hall, lam, item.beam_direction, list(item.panels),
+                                str(info.source_file[item.frame]), int(info.source_index[item.frame]),
+                                identifier=f"frame {item.frame}",
+                                polarization_fraction=0.5 * (1.0 + prior.kahn_factor),
+                                polarization_angle_deg=math.degrees(math.atan2(prior.polarization_axis[1],
+                                                                               prior.polarization_axis[0])),
+                                sensor_thickness_mm=export["panel_parallax_t0_mm"][item.frame],
+                                sensor_mu_per_mm=export["panel_parallax_mu_per_mm"][item.frame]))
+    return rows, stills, items, refined
+
+
+def experiment_prior(prior: dict[str, Any], calibration_path=None) -> tuple[StillPrior, float, float]:
+    """(the model, the PSF's FWHM in um, the readout noise in photons) of an experiment's refinement from its
+    rule's ``prior`` (``simulation``, ``beam``, ``readout_noise_photons``) and, where the experiment's matched
+    simulation is calibrated, its calibration file (its beam, PSF, crystal size and noise replace the hand-set
+    values, as the matched frames take them)."""
+    from ..beam import Beam
+
+    sim, beam, readout = dict(prior["simulation"]), dict(prior["beam"]), float(prior["readout_noise_photons"])
+    if calibration_path:
+        from ..calibration import calibrated, read_calibration
+
+        fitted = read_calibration(calibration_path)
+        beam, sim, overlay, _ = calibrated(fitted, beam=beam, simulation=sim, overlay={})
+        readout = float(overlay.get("readout_noise_adu", readout))  # matched frames are in photons
+    return StillPrior.from_config(sim, Beam.from_config(beam)), float(sim["psf_fwhm_um"]), readout

@@ -22,6 +22,7 @@ converge, or has no pixels to fit, is reported in the result (``converged``, ``m
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -58,53 +59,85 @@ class NoiseModel:
 
 @dataclass(frozen=True)
 class Shoeboxes:
-    """The pixels a refinement fits: (fast, slow) indices, the shoebox each belongs to, its counts (ADU)."""
+    """The pixels a refinement fits: (fast, slow) indices, the shoebox each belongs to, its counts (ADU), and the
+    panel each lies on (a multi-panel detector; all 0 on one panel)."""
 
     fast_px: np.ndarray  # (P,) int64
     slow_px: np.ndarray  # (P,) int64
     box: np.ndarray  # (P,) int64 in [0, n_boxes)
     counts_adu: np.ndarray  # (P,) float64
     centres_px: np.ndarray  # (B, 2) (fast, slow) continuous px of each shoebox's spot
+    half_width_px: int = 4
+    box_panel: np.ndarray | None = None  # (B,) int64, the panel of each shoebox (None: all on panel 0)
 
     @property
     def n_boxes(self) -> int:
         return len(self.centres_px)
 
+    @property
+    def panels(self) -> np.ndarray:
+        """(B,) the panel of each shoebox."""
+        return np.zeros(self.n_boxes, np.int64) if self.box_panel is None else self.box_panel
+
+    @property
+    def panel(self) -> np.ndarray:
+        """(P,) the panel of each pixel."""
+        return self.panels[self.box]
+
+    def corners_px(self) -> np.ndarray:
+        """(B, 2) (fast, slow) of each box's first pixel: the square of 2 half_width + 1 px before it was clipped to
+        its panel (its pixels' place in the box: (fast, slow) - corner)."""
+        return np.floor(self.centres_px).astype(np.int64) - self.half_width_px
+
     @classmethod
     def around(cls, counts_adu: np.ndarray, untrusted: np.ndarray | None, centres_px: np.ndarray,
-               half_width_px: int = 4) -> "Shoeboxes":
+               half_width_px: int = 4, panels: np.ndarray | None = None) -> "Shoeboxes":
         """Square shoeboxes of (2 half_width + 1)^2 pixels around spot centres (fast, slow) px on a (slow, fast)
-        frame; untrusted and non-finite pixels left out, a pixel shared by two boxes kept by the first."""
+        frame, or on a (panels, slow, fast) stack with each centre's panel in ``panels``; untrusted and
+        non-finite pixels left out, a pixel shared by two boxes kept by the first."""
         counts = np.asarray(counts_adu, dtype=np.float64)
-        if counts.ndim != 2:
-            raise ValueError(f"counts must be a (slow, fast) frame, got shape {counts.shape}")
-        bad = ~np.isfinite(counts) if untrusted is None else (np.asarray(untrusted, bool) | ~np.isfinite(counts))
+        stacked = counts.ndim == 3
+        if counts.ndim not in (2, 3) or (panels is not None and not stacked):
+            raise ValueError(f"counts must be a (slow, fast) frame, or a (panels, slow, fast) stack with the "
+                             f"centres' panels, got shape {counts.shape}")
+        counts = counts if stacked else counts[None]
+        bad = ~np.isfinite(counts)
+        if untrusted is not None:
+            bad |= np.asarray(untrusted, bool).reshape(counts.shape)
         centres = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+        on = np.zeros(len(centres), np.int64) if panels is None else np.asarray(panels, np.int64).reshape(-1)
+        if len(on) != len(centres):
+            raise ValueError(f"{len(centres)} centres but {len(on)} panels")
         claimed = np.zeros(counts.shape, dtype=bool)
-        fast, slow, box, kept = [], [], [], []
-        for x, y in centres:
-            if not (np.isfinite(x) and np.isfinite(y)):
+        fast, slow, box, kept, kept_panel = [], [], [], [], []
+        for (x, y), p in zip(centres, on):
+            if not (np.isfinite(x) and np.isfinite(y)) or not 0 <= p < counts.shape[0]:
                 continue
             i0, j0 = int(math.floor(x)) - half_width_px, int(math.floor(y)) - half_width_px
             i1, j1 = i0 + 2 * half_width_px + 1, j0 + 2 * half_width_px + 1
             i0, j0 = max(i0, 0), max(j0, 0)
-            i1, j1 = min(i1, counts.shape[1]), min(j1, counts.shape[0])
+            i1, j1 = min(i1, counts.shape[2]), min(j1, counts.shape[1])
             if i0 >= i1 or j0 >= j1:
                 continue
             jj, ii = np.mgrid[j0:j1, i0:i1]
-            use = ~(bad[j0:j1, i0:i1] | claimed[j0:j1, i0:i1])
+            use = ~(bad[p, j0:j1, i0:i1] | claimed[p, j0:j1, i0:i1])
             if not use.any():
                 continue
-            claimed[j0:j1, i0:i1] |= use
+            claimed[p, j0:j1, i0:i1] |= use
             fast.append(ii[use])
             slow.append(jj[use])
             box.append(np.full(int(use.sum()), len(kept)))
             kept.append((x, y))
+            kept_panel.append(p)
+        box_panel = np.array(kept_panel, np.int64) if stacked else None
         if not kept:
             empty = np.zeros(0, np.int64)
-            return cls(empty, empty, empty, np.zeros(0), np.zeros((0, 2)))
+            return cls(empty, empty, empty, np.zeros(0), np.zeros((0, 2)), half_width_px,
+                       empty if stacked else None)
         f, s = np.concatenate(fast).astype(np.int64), np.concatenate(slow).astype(np.int64)
-        return cls(f, s, np.concatenate(box).astype(np.int64), counts[s, f], np.array(kept))
+        b = np.concatenate(box).astype(np.int64)
+        pan = box_panel[b] if stacked else np.zeros(len(b), np.int64)
+        return cls(f, s, b, counts[pan, s, f], np.array(kept), half_width_px, box_panel)
 
 
 @dataclass(frozen=True)
@@ -126,6 +159,17 @@ class RefineSettings:
     # the mosaic domains' own orientations (each but domain 0 by three small rotations, within rotation_bound_deg):
     # a crystal of a few discrete domains places each spot's centroid by which domains light it
     refine_mosaic: bool = False
+    # "structure_factors": each spot's photons from |F|^2 of the table, one scale for the still; "per_shoebox":
+    # every shoebox its own intensity (real stills, whose F is not known: positions and shapes then fix the crystal)
+    intensities: str = "structure_factors"
+
+    def __post_init__(self) -> None:
+        if self.intensities not in INTENSITY_MODELS:
+            raise ValueError(f"intensities must be one of {INTENSITY_MODELS}, got {self.intensities!r}")
+
+
+INTENSITY_MODELS = ("structure_factors", "per_shoebox")
+INTENSITY_PRIOR_FACTOR = 10.0
 
 
 class _Param:
@@ -133,6 +177,7 @@ class _Param:
 
     def __init__(self, init: torch.Tensor, sigma: float | torch.Tensor, bound: float | None = None):
         self.init, self.sigma, self.bound = init, sigma, bound
+        self.sigma0 = sigma  # the nominal unit, where information is measured from
         self.raw = torch.zeros_like(init, requires_grad=True)
 
     def value(self) -> torch.Tensor:
@@ -148,9 +193,13 @@ class _Param:
 def _unit_information(params: list[_Param], predict, lams: list[torch.Tensor]) -> None:
     """Rescale each raw component of ``params`` (at raw = 0) to unit Fisher information, the sum over pixels of
     (d lambda / d raw)^2 / lambda, by central differences of ``predict()`` (a list of expected-photon tensors, one
-    per entry of ``lams``); a component the pixels say nothing about keeps its units."""
+    per entry of ``lams``); a component the pixels say nothing about keeps its nominal units. The differences
+    step by the nominal unit, not by the current one: a unit grown where the data said little (broad spots) would
+    otherwise step far past where the model is linear, and the next unit grow again."""
     with torch.no_grad():
         for par in params:
+            sigma = torch.as_tensor(par.sigma0, dtype=par.raw.dtype) * torch.ones_like(par.raw)
+            par.sigma = sigma
             info = torch.zeros_like(par.raw)
             for j in range(par.raw.numel()):
                 parts = []
@@ -159,7 +208,6 @@ def _unit_information(params: list[_Param], predict, lams: list[torch.Tensor]) -
                     parts.append(predict())
                 par.raw.view(-1)[j] = 0.0
                 info.view(-1)[j] = sum((((a - b) / 2.0) ** 2 / lam).sum() for a, b, lam in zip(*parts, lams))
-            sigma = torch.as_tensor(par.sigma, dtype=par.raw.dtype) * torch.ones_like(par.raw)
             good = info > 1e-12
             par.sigma = torch.where(good, sigma / torch.sqrt(torch.where(good, info, torch.ones_like(info))), sigma)
 
@@ -239,14 +287,28 @@ def _minimise(params: list[torch.Tensor], loss_fn, settings: RefineSettings, n_p
         f"{grad:.3g})")
 
 
-class _StillProblem:
-    """One still's parameters, its shoebox pixels and its likelihood; the panel's origin can be moved (the
-    detector refinement's shared parameters)."""
+def unit_structure_factors() -> StructureFactorTable:
+    """F = 1 at every node (the table of ``intensities: per_shoebox``, where each shoebox has its own scale)."""
+    return StructureFactorTable(np.ones((1, 1, 1)), (0, 0, 0), 1.0)
 
-    def __init__(self, start: Still, panel: Panel, structure_factors: StructureFactorTable | F2Table,
+
+def _panels(panel: Panel | Sequence[Panel]) -> list[Panel]:
+    return [panel] if isinstance(panel, Panel) else list(panel)
+
+
+class _StillProblem:
+    """One still's parameters, its shoebox pixels and its likelihood; the panels' origins can be moved (the
+    detector refinement's shared parameters). ``panel``: one panel, or the detector's panels that
+    ``boxes.panels`` index (one pixel size and sensor for all). ``psf_fwhm_px`` > 0: the expected photons go
+    through the simulator's Gaussian point-spread function (``simulator.apply_psf``), evaluated on each box's
+    square and the PSF's reach around it (photons off the panel are lost, as the simulator loses them)."""
+
+    def __init__(self, start: Still, panel: Panel | Sequence[Panel], structure_factors: StructureFactorTable | F2Table,
                  boxes: Shoeboxes, noise: NoiseModel, space_group: str, settings: RefineSettings,
-                 reference_cell: tuple[float, ...] | None, device: str | None):
+                 reference_cell: tuple[float, ...] | None, device: str | None, psf_fwhm_px: float = 0.0):
         self.start, self.boxes, self.noise, self.settings = start, boxes, noise, settings
+        self.per_shoebox = settings.intensities == "per_shoebox"
+        self.amplitude = ("intensity",) if self.per_shoebox else ("scale",)
         self.cell0 = cell_of_A(np.asarray(start.crystal.A_matrix))
         self.constraints = CellConstraints.from_space_group(space_group, self.cell0)
         self.A0 = np.asarray(start.crystal.A_matrix)
@@ -264,12 +326,24 @@ class _StillProblem:
             self.error = "no shoebox pixels to fit (no strong spots, or every pixel untrusted)"
         elif not np.all(np.isfinite(boxes.counts_adu)):
             self.error = "shoebox counts are not finite"
+        panels = _panels(panel)
+        used = sorted(set(boxes.panels.tolist()))
+        if not self.error and (used[0] < 0 or used[-1] >= len(panels)):
+            raise ValueError(f"shoeboxes on panel {used[-1]} of a detector of {len(panels)} panels")
+        if not self.error and len({(panels[k].pixel_mm, panels[k].thickness_mm, panels[k].mu_per_mm)
+                                   for k in used}) > 1:
+            raise ValueError("the shoeboxes' panels differ in pixel size or sensor: the model takes one of each")
         if self.error:
             return
         dt = self.dt = torch.float64
-        self.ts0 = torch_still(start, panel, dt, device)
+        self.ts0 = torch_still(start, panels[used[0]], dt, device)
         self.f2 = (structure_factors if isinstance(structure_factors, F2Table)
-                   else F2Table.from_table(structure_factors, dt, device))
+                   else F2Table.from_table(unit_structure_factors() if self.per_shoebox else structure_factors, dt,
+                                           device))
+        geom = {k: torch.as_tensor(np.array([getattr(q, k) for q in panels], float), dtype=dt, device=device)
+                for k in ("origin_mm", "fast_axis", "slow_axis")}
+        self.origins, self.fast_axes, self.slow_axes = geom["origin_mm"], geom["fast_axis"], geom["slow_axis"]
+        self._pixel_sets(boxes, panels, psf_fwhm_px, device)
         c = self.constraints
         free0 = c.scaled(c.free(self.cell0), self.scale_to_reference)
         self.mult = torch.as_tensor(c.length_multiplicity, dtype=dt, device=device)
@@ -303,6 +377,8 @@ class _StillProblem:
         bg_init[:, 0] = torch.as_tensor(bg0, dtype=dt)
         zero = torch.zeros((), dtype=dt, device=device)
         self.p = {
+            "intensity": _Param(torch.zeros(boxes.n_boxes if self.per_shoebox else 0, dtype=dt, device=device), 0.05,
+                                math.log(1e4)),
             "scale": _Param(zero, 0.05, math.log(1e3)),
             "background": _Param(bg_init, bg_sigma),
             "rotation": _Param(torch.zeros(3, dtype=dt, device=device), 1e-4, math.radians(settings.rotation_bound_deg)),
@@ -317,16 +393,74 @@ class _StillProblem:
         self.free0 = torch.as_tensor(free0, dtype=dt, device=device)
         self.kappa0 = self.ts0.kappa / self.scale_to_reference  # the same Bragg angles at the reference's scale
         self.fixed_bragg: torch.Tensor | None = None
+        self.intensity_centre: torch.Tensor | None = None
         self.log_size_offset = 0.0  # a temporary factor on Ncells (log): broader spots while the detector moves
 
+    def _pixel_sets(self, boxes: Shoeboxes, panels: list[Panel], psf_fwhm_px: float, device) -> None:
+        """The pixels the model is evaluated at: the fitted ones, or with a PSF each box's square grown by the
+        kernel's radius (``self.kernel``), and where each fitted pixel sits in its box (``self.local``)."""
+        t = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
+        self.kernel = None
+        if not psf_fwhm_px > 0:
+            self.eval_fast, self.eval_slow, self.eval_panel = t(boxes.fast_px), t(boxes.slow_px), t(boxes.panel)
+            self.single_panel = len(panels) == 1
+            return
+        from ..simulator.psf import gauss_psf_kernel_1d
+
+        k = gauss_psf_kernel_1d(float(psf_fwhm_px))
+        r, side = len(k) // 2, 2 * boxes.half_width_px + 1
+        grid = side + 2 * r
+        self.kernel = torch.as_tensor(np.outer(k, k), dtype=self.dt, device=device)[None, None]
+        corner = boxes.corners_px() - r  # (B, 2) fast, slow of each support grid's first pixel
+        jj, ii = np.mgrid[0:grid, 0:grid]
+        fast = (corner[:, 0, None] + ii.ravel()[None]).ravel()
+        slow = (corner[:, 1, None] + jj.ravel()[None]).ravel()
+        pan = np.repeat(boxes.panels, grid * grid)
+        n_fast = np.array([q.n_fast for q in panels])[pan]
+        n_slow = np.array([q.n_slow for q in panels])[pan]
+        inside = (fast >= 0) & (fast < n_fast) & (slow >= 0) & (slow < n_slow)
+        self.eval_fast, self.eval_slow, self.eval_panel = t(fast), t(slow), t(pan)
+        self.inside = torch.as_tensor(inside, dtype=self.dt, device=device)
+        self.grid, self.side = grid, side
+        local = boxes.corners_px()[boxes.box]
+        self.local = t((boxes.slow_px - local[:, 1]) * side + (boxes.fast_px - local[:, 0]))
+        self.single_panel = len(panels) == 1
+
+    def _pixels(self, ts: TorchStill) -> torch.Tensor:
+        """The Bragg photons at the fitted pixels (through the PSF where there is one)."""
+        out = expected_photons(ts, self.f2, self.eval_fast, self.eval_slow)
+        if self.kernel is None:
+            return out
+        b = self.boxes.n_boxes
+        blurred = torch.nn.functional.conv2d((out * self.inside).reshape(b, 1, self.grid, self.grid), self.kernel)
+        return blurred.reshape(b, self.side * self.side)[self.box, self.local]
     def stages(self) -> list[tuple[str, ...]]:
-        st = [("scale", "background"), ("scale", "background", "rotation", "ncells")
+        """The parameters of each stage (per-shoebox intensities in place of the scale)."""
+        amplitude = "intensity" if self.per_shoebox else "scale"
+        st = [(amplitude, "background"), (amplitude, "background", "rotation", "ncells")
               + (("energy",) if self.refine_energy else ())]
         if self.refine_mosaic:
             st.append(st[-1] + ("mosaic",))
         if self.settings.refine_cell and self.shape_params > 0:
             st.append(st[-1] + ("cell",))
         return st
+
+    def start_intensities(self) -> None:
+        """Each box's intensity (on the still's scale) where its photons above the background put it, within a
+        factor of 100 of the boxes' median (a box the start's spot misses would otherwise start at its tail's
+        ratio, and fit the tail to the spot)."""
+        with torch.no_grad():
+            c = self.p["background"].value()
+            net = torch.bincount(self.box, self.counts / self.noise.adu_per_photon - c[self.box, 0],
+                                 minlength=self.boxes.n_boxes)
+            model = torch.bincount(self.box, self.bragg(), minlength=self.boxes.n_boxes)
+            ratio = torch.clamp(net, min=1.0) / torch.clamp(model, min=1e-12)
+            par = self.p["intensity"]
+            log_ratio = torch.log(ratio)
+            median = torch.median(log_ratio)
+            par.init = torch.clamp(log_ratio, median - math.log(100.0), median + math.log(100.0))
+            self.intensity_centre = par.init.clone()
+            par.raw.data = torch.zeros_like(par.raw)
 
     def cell_free(self) -> torch.Tensor:
         d = self.p["cell"].value()
@@ -345,28 +479,45 @@ class _StillProblem:
         if self.refine_mosaic:
             v = p["mosaic"].value()
             umats = torch.cat([umats[:1], torch.stack([rotation(v[m]) @ umats[m + 1] for m in range(v.shape[0])])])
+        origins = self.origins if origin_mm is None else origin_mm.reshape(-1, 3)
+        if self.single_panel:  # one panel: its vectors, no per-pixel copies
+            geometry = dict(origin_mm=origins[0], fast_axis=self.fast_axes[0], slow_axis=self.slow_axes[0])
+        else:
+            geometry = dict(origin_mm=origins[self.eval_panel], fast_axis=self.fast_axes[self.eval_panel],
+                            slow_axis=self.slow_axes[self.eval_panel])
         return replace(self.ts0, A=A, umats=umats, ncells=self.ts0.ncells * torch.exp(log_n),
                        kappa=self.kappa0 * torch.exp(p["energy"].value()),
-                       scale=self.ts0.scale * torch.exp(p["scale"].value() - log_volume),
-                       origin_mm=self.ts0.origin_mm if origin_mm is None else origin_mm)
+                       scale=self.ts0.scale * torch.exp(p["scale"].value() - log_volume), **geometry)
+
+    def _amplitudes(self) -> torch.Tensor:
+        """The factor the scale (or each box's intensity) puts on the Bragg photons."""
+        a = torch.exp(self.p["scale"].value())
+        return a * torch.exp(self.p["intensity"].value())[self.box] if self.per_shoebox else a
 
     def bragg(self, origin_mm: torch.Tensor | None = None) -> torch.Tensor:
         if self.fixed_bragg is not None:  # only scale and background move: the model's shape is fixed
-            return self.fixed_bragg * torch.exp(self.p["scale"].value())
-        return expected_photons(self.model_still(origin_mm), self.f2, self.fast, self.slow)
+            return self.fixed_bragg * self._amplitudes()
+        out = self._pixels(self.model_still(origin_mm))
+        return out * torch.exp(self.p["intensity"].value())[self.box] if self.per_shoebox else out
 
     def freeze_bragg(self, origin_mm: torch.Tensor | None = None) -> None:
         with torch.no_grad():
             self.fixed_bragg = None
-            self.fixed_bragg = self.bragg(origin_mm) / torch.exp(self.p["scale"].value())
+            self.fixed_bragg = self.bragg(origin_mm) / self._amplitudes()
 
     def loss(self, origin_mm: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean NLL over the shoebox pixels."""
+        """Mean NLL over the shoebox pixels (per-shoebox intensities: with a weak log-normal prior, a factor of
+        INTENSITY_PRIOR_FACTOR at one sigma, around where the data started them: a box whose spot the model
+        misses has an intensity the pixels hardly fix, and would drift without one)."""
         c = self.p["background"].value()
         background = c[self.box, 0] + c[self.box, 1] * self.dx + c[self.box, 2] * self.dy
-        return self.noise.nll(self.bragg(origin_mm) + background, self.counts).mean()
+        nll = self.noise.nll(self.bragg(origin_mm) + background, self.counts).sum()
+        if self.per_shoebox and self.intensity_centre is not None:
+            z = (self.p["intensity"].value() - self.intensity_centre) / math.log(INTENSITY_PRIOR_FACTOR)
+            nll = nll + 0.5 * (z * z).sum()
+        return nll / self.n_pixels
 
-    def precondition(self, names=("scale", "rotation", "ncells", "energy", "cell", "mosaic"),
+    def precondition(self, names=("scale", "intensity", "rotation", "ncells", "energy", "cell", "mosaic"),
                      origin_mm: torch.Tensor | None = None) -> None:
         """Rescale the raw units of the crystal's parameters so that each has unit Fisher information at the
         start, sum over pixels of (d lambda / d raw)^2 / lambda (the background's units are its standard errors
@@ -375,28 +526,45 @@ class _StillProblem:
             c = self.p["background"].value()
             lam = torch.clamp(self.bragg(origin_mm) + c[self.box, 0] + c[self.box, 1] * self.dx + c[self.box, 2] * self.dy,
                               min=1e-3) + (self.noise.readout_noise_adu / self.noise.adu_per_photon) ** 2
-        names = [n for n in names if n != "mosaic" or self.refine_mosaic]
+        names = [n for n in names if (n != "mosaic" or self.refine_mosaic) and (n != "intensity" or self.per_shoebox)]
+        if "intensity" in names:  # d lambda / d log I_b is the box's own Bragg photons: no differences needed
+            with torch.no_grad():
+                par = self.p["intensity"]
+                par.recentre()
+                bragg = self.bragg(origin_mm)
+                info = torch.bincount(self.box, bragg * bragg / lam, minlength=self.boxes.n_boxes)
+                par.sigma = torch.where(info > 1e-12, 1.0 / torch.sqrt(torch.clamp(info, min=1e-12)),
+                                        torch.full_like(info, 0.05))
+            names.remove("intensity")
         _unit_information([self.p[n] for n in names], lambda: [self.bragg(origin_mm)], [lam])
 
     def fit_alone(self) -> tuple[int, bool, str, list[dict]]:
         """The stages on this still alone: (iterations, converged, message, per-stage log)."""
-        iterations, log = 0, []
+        iterations, log, started = 0, [], False
         self.precondition()
         for names in self.stages():
-            if set(names) <= {"scale", "background"}:
-                n_iter, ok, why, loss = self._fit_background()
+            if "intensity" in names and not started:  # from the data, in units at the model found so far
+                self.start_intensities()
+                self.precondition(("intensity",))
+                started = True
+            if set(names) <= {"scale", "intensity", "background"}:
+                n_iter, ok, why, loss = self._fit_background(names)
             else:
                 n_iter, ok, why, loss = self._fit_in_blocks(names)
             iterations += n_iter
             log.append({"parameters": list(names), "iterations": n_iter, "nll": loss, "converged": ok})
+            if not ok and names == ("intensity", "background"):
+                continue  # a warm start only: the intensities of boxes the start's spots miss are settled jointly
             if not ok:
                 return iterations, False, f"stage {'+'.join(names)} {why}", log
         return iterations, True, "converged", log
 
-    def _fit_background(self) -> tuple[int, bool, str, float]:
-        """Scale and the shoeboxes' planes with the Bragg model's shape frozen (cheap: no model evaluation)."""
+    def _fit_background(self, names: tuple[str, ...] = ("scale",)) -> tuple[int, bool, str, float]:
+        """Scale (or the boxes' intensities, as ``names`` hold) and the shoeboxes' planes with the Bragg model's
+        shape frozen (cheap: no model evaluation)."""
         self.freeze_bragg()
-        loss, n_iter, ok, why = _minimise([self.p[n].raw for n in ("scale", "background")], self.loss,
+        amplitude = [n for n in ("scale", "intensity") if n in names]
+        loss, n_iter, ok, why = _minimise([self.p[n].raw for n in (*amplitude, "background")], self.loss,
                                           self.settings, self.n_pixels)
         self.fixed_bragg = None
         return n_iter, ok, why, loss
@@ -405,6 +573,7 @@ class _StillProblem:
         """The crystal's parameters of ``names`` and the backgrounds in turn until a cycle gains less than the
         tolerance: hundreds of weakly coupled plane coefficients in one quasi-Newton fit with the crystal crawl
         (a still of 150 shoeboxes took ~2000 iterations), each block alone converges in tens."""
+        # each box's own intensity moves with the crystal (a spot's partiality does): fitted in the crystal's block
         crystal = [n for n in names if n != "background"]
         with torch.no_grad():
             loss = float(self.loss())
@@ -413,7 +582,7 @@ class _StillProblem:
             before = loss
             _, n_iter, ok_c, why_c = _minimise([self.p[n].raw for n in crystal], self.loss, self.settings,
                                                self.n_pixels)
-            b_iter, ok_b, why_b, loss = self._fit_background()
+            b_iter, ok_b, why_b, loss = self._fit_background(names)
             iterations += n_iter + b_iter
             if not math.isfinite(loss):
                 return iterations, False, "the likelihood became non-finite", loss
@@ -443,18 +612,24 @@ class _StillProblem:
         return RefinedStill(**base)
 
 
-def refine_still(start: Still, panel: Panel, structure_factors: StructureFactorTable, boxes: Shoeboxes,
-                 noise: NoiseModel, space_group: str, settings: RefineSettings = RefineSettings(),
-                 reference_cell: tuple[float, ...] | None = None, device: str | None = None) -> RefinedStill:
+def refine_still(start: Still, panel: Panel | Sequence[Panel], structure_factors: StructureFactorTable | None,
+                 boxes: Shoeboxes, noise: NoiseModel, space_group: str, settings: RefineSettings = RefineSettings(),
+                 reference_cell: tuple[float, ...] | None = None, device: str | None = None,
+                 psf_fwhm_px: float = 0.0) -> RefinedStill:
     """Refine ``start`` (its crystal from the indexing, its pulse and numerics as simulated or measured) against
-    the counts in ``boxes`` on ``panel``; ``space_group`` fixes which cell parameters are free.
+    the counts in ``boxes`` on ``panel`` (or on the panels of a detector, as ``boxes.panels`` index them);
+    ``space_group`` fixes which cell parameters are free; ``psf_fwhm_px``: the detector's point-spread function
+    (the simulator's Gaussian). ``structure_factors`` may be None with ``settings.intensities`` per_shoebox.
 
     A still fixes only the ratio of its cell to its wavelength (scaling both leaves every Bragg angle as it is), so
     the photon energy is refined only against a ``reference_cell`` (the dataset's, or the structure's): the
     start's cell is brought to the reference's scale (the geometric mean of a, b, c; its energy moved with it, so
     its predictions stay), and then the cell's shape and the energy are refined, its scale held. Without one the
     whole cell is refined at the start's energy. NLLs in the result are summed over the shoebox pixels."""
-    prob = _StillProblem(start, panel, structure_factors, boxes, noise, space_group, settings, reference_cell, device)
+    if structure_factors is None and settings.intensities != "per_shoebox":
+        raise ValueError("structure factors are needed unless every shoebox has its own intensity (per_shoebox)")
+    prob = _StillProblem(start, panel, structure_factors, boxes, noise, space_group, settings, reference_cell, device,
+                         psf_fwhm_px)
     if prob.error:
         return prob.result(prob.error)
     with torch.no_grad():
@@ -465,11 +640,14 @@ def refine_still(start: Still, panel: Panel, structure_factors: StructureFactorT
 
 @dataclass
 class RefinedDetector:
-    """The panel refined across the stills of a dataset (its distance and beam centre), with each still's model."""
+    """The detector refined across the stills of a dataset (each panel group's distance and beam centre), with
+    each still's model. Shifts are per group, NaN for a group no shoebox lies on (its panels are left as they
+    were)."""
 
-    panel: Panel
-    distance_shift_mm: float  # along the panel normal, away from the sample
-    beam_shift_px: tuple[float, float]  # (fast, slow): where the direct beam now meets the panel, minus before
+    panels: list[Panel]
+    groups: np.ndarray  # (P,) the group of each panel
+    distance_shift_mm: np.ndarray  # (G,) along the group's normal, away from the sample
+    beam_shift_px: np.ndarray  # (G, 2) fast, slow of the group's first panel: where the beam now meets it, minus before
     stills: list[RefinedStill]
     nll_start: float
     nll_final: float
@@ -477,38 +655,82 @@ class RefinedDetector:
     converged: bool
     message: str
 
+    @property
+    def panel(self) -> Panel:
+        """The refined panel of a one-panel detector."""
+        if len(self.panels) != 1:
+            raise ValueError(f"the detector has {len(self.panels)} panels; take .panels")
+        return self.panels[0]
 
-def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
-                    structure_factors: StructureFactorTable, noise: NoiseModel, space_group: str,
+
+def _group_frames(panels: list[Panel], groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's normal (the mean of its panels', away from the sample; unit) and its two in-plane steps of one
+    pixel (its first panel's fast and slow axes, made orthogonal to the normal, times that panel's pixel sizes)."""
+    n_groups = int(groups.max()) + 1
+    normals, steps = np.zeros((n_groups, 3)), np.zeros((n_groups, 2, 3))
+    for g in range(n_groups):
+        members = [panels[k] for k in np.flatnonzero(groups == g)]
+        n = np.zeros(3)
+        for q in members:
+            m = np.cross(q.fast_axis, q.slow_axis)
+            n += m / np.linalg.norm(m) * np.sign(np.dot(q.origin_mm, m))
+        n /= np.linalg.norm(n)
+        first = members[0]
+        for j, (axis, size) in enumerate(zip((first.fast_axis, first.slow_axis), first.pixel_mm)):
+            a = np.asarray(axis, float) - np.dot(axis, n) * n
+            steps[g, j] = a / np.linalg.norm(a) * size
+        normals[g] = n
+    return normals, steps
+
+
+def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel | Sequence[Panel],
+                    structure_factors: StructureFactorTable | None, noise: NoiseModel, space_group: str,
                     settings: RefineSettings = RefineSettings(refine_cell=False, refine_energy=False),
                     reference_cell: tuple[float, ...] | None = None, device: str | None = None,
-                    distance_bound_mm: float = 5.0, beam_bound_px: float = 10.0) -> RefinedDetector:
-    """Refine the panel's distance and beam centre, shared by every still, together with each still's own
-    parameters (diffBragg's geometry refiner): each still is first refined alone on the starting panel (its
-    stages), then everything at once by the summed likelihood. A still without pixels to fit is kept in the
-    result with its message and left out of the fit."""
+                    distance_bound_mm: float = 5.0, beam_bound_px: float = 10.0,
+                    psf_fwhm_px: float = 0.0, panel_groups: Sequence[int] | None = None) -> RefinedDetector:
+    """Refine the detector's distance and beam centre, shared by every still, together with each still's own
+    parameters (diffBragg's geometry refiner): each still is first refined alone on the starting detector (its
+    stages), then everything at once by the summed likelihood. ``panel``: one panel, or the detector's panels
+    (as the boxes' ``panels`` index them); ``panel_groups``: each panel's group, the groups moving as rigid
+    bodies (default: every panel its own; a group none of the shoeboxes lie on is not moved). A still without
+    pixels to fit is kept in the result with its message and left out of the fit."""
     if len(starts) != len(boxes):
         raise ValueError(f"{len(starts)} stills but {len(boxes)} sets of shoeboxes")
+    if structure_factors is None and settings.intensities != "per_shoebox":
+        raise ValueError("structure factors are needed unless every shoebox has its own intensity (per_shoebox)")
+    panels = _panels(panel)
+    groups = np.arange(len(panels)) if panel_groups is None else np.asarray(panel_groups)
+    if groups.shape != (len(panels),) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
+        raise ValueError(f"panel_groups must give each of the {len(panels)} panels a group index >= 0, "
+                         f"got {panel_groups!r}")
+    groups = np.unique(groups, return_inverse=True)[1].reshape(-1)  # groups 0..G-1 in order
+    n_groups = int(groups.max()) + 1
     dt = torch.float64
-    f2 = F2Table.from_table(structure_factors, dt, device)
-    problems = [_StillProblem(s, panel, f2, b, noise, space_group, settings, reference_cell, device)
+    f2 = F2Table.from_table(unit_structure_factors() if settings.intensities == "per_shoebox" else structure_factors,
+                            dt, device)
+    problems = [_StillProblem(s, panels, f2, b, noise, space_group, settings, reference_cell, device, psf_fwhm_px)
                 for s, b in zip(starts, boxes)]
     live = [q for q in problems if not q.error]
+    nan_shift = np.full(n_groups, np.nan), np.full((n_groups, 2), np.nan)
     if not live:
-        return RefinedDetector(panel, 0.0, (0.0, 0.0), [q.result(q.error) for q in problems], math.nan, math.nan,
-                               0, False, "no still has shoebox pixels to fit")
+        return RefinedDetector(panels, groups, *nan_shift, [q.result(q.error) for q in problems], math.nan,
+                               math.nan, 0, False, "no still has shoebox pixels to fit")
     n_pixels = sum(q.n_pixels for q in live)
-    origin0 = torch.as_tensor(np.array(panel.origin_mm, dtype=float), dtype=dt, device=device)
-    normal = np.cross(panel.fast_axis, panel.slow_axis)
-    normal = normal / np.linalg.norm(normal) * np.sign(np.dot(panel.origin_mm, normal))  # away from the sample
-    normal_t = torch.as_tensor(normal, dtype=dt, device=device)
-    step_px = torch.as_tensor(np.stack([panel.fast_axis, panel.slow_axis]) * panel.pixel_size_mm, dtype=dt,
-                              device=device)
-    distance = _Param(torch.zeros((), dtype=dt, device=device), 0.01, distance_bound_mm)
-    beam = _Param(torch.zeros(2, dtype=dt, device=device), 0.01, beam_bound_px)
+    used = np.zeros(n_groups, bool)
+    for q in live:
+        used[groups[q.boxes.panels]] = True
+    moved_t = torch.as_tensor(used, dtype=dt, device=device)[:, None]
+    groups_t = torch.as_tensor(groups, device=device)
+    pixel_groups = [groups_t[torch.as_tensor(q.boxes.panel, device=device)] for q in live]
+    origin0 = torch.as_tensor(np.array([q.origin_mm for q in panels], dtype=float), dtype=dt, device=device)
+    normals, steps = (torch.as_tensor(a, dtype=dt, device=device) for a in _group_frames(panels, groups))
+    distance = _Param(torch.zeros(n_groups, dtype=dt, device=device), 0.01, distance_bound_mm)
+    beam = _Param(torch.zeros((n_groups, 2), dtype=dt, device=device), 0.01, beam_bound_px)
 
-    def origin() -> torch.Tensor:  # the beam centre moves by +b px where the panel moves by -b px
-        return origin0 + distance.value() * normal_t - beam.value() @ step_px
+    def origin() -> torch.Tensor:  # (P, 3); the beam centre moves by +b px where the panel moves by -b px
+        shift = distance.value()[:, None] * normals - torch.einsum("gj,gjk->gk", beam.value(), steps)
+        return origin0 + (shift * moved_t)[groups_t]
 
     def total() -> torch.Tensor:
         o = origin()
@@ -517,31 +739,65 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
     with torch.no_grad():
         nll_start = float(total()) * n_pixels
     iterations, per_still, messages = 0, {}, []
+    # First the geometry alone on crystals a quarter and a half as big (each with every crystal's rotation, and
+    # each still's scale and backgrounds following): a detector that is off moves spots by more than their width,
+    # and broader spots give the likelihood that reach (the scale is the integrated intensity's, so the photons
+    # stay). Then each still is refined alone (its stages) at the geometry found: on the starting detector its
+    # crystal would take up the detector's error and settle in a minimum of its own. Then, in turn, the geometry
+    # and each still's own parameters (blocks small and well conditioned: a joint quasi-Newton fit over ~10^3
+    # parameters, backgrounds included, crawled). Raw units: one standard error each, per block. Done when a cycle
+    # gains less than 0.01 of log-likelihood a still, or moves the detector by less than a tenth of its standard
+    # error.
     for q in live:
-        n_iter, ok, why, log = q.fit_alone()
-        iterations += n_iter
-        per_still[id(q)] = log
-        if not ok:
-            messages.append(why)
-    # Then, in turn, the geometry (the detector with every crystal's rotation) and each still's own parameters
-    # (blocks small and well conditioned: a joint quasi-Newton fit over ~10^3 parameters, backgrounds included,
-    # crawled), first on crystals a quarter and a half as big: a detector that is off moves spots by more than their
-    # width, and broader spots give the likelihood that reach (the scale is the integrated intensity's, so the
-    # photons stay; each crystal's size is held while broadened). Raw units: one standard error each, per block.
-    # Done when a cycle gains less than 0.01 of log-likelihood a still, or moves the detector by less than a tenth
-    # of its standard error.
+        q.precondition()
+        if q.per_shoebox:
+            q.start_intensities()
+            q.precondition(("intensity",))
+
     def precondition_detector() -> None:
+        """Unit information for each group's distance and beam-centre components. A pixel sees only its own
+        panel's group, so one central difference of a component in every group at once gives each group's
+        information (two model evaluations per component, however many groups)."""
         with torch.no_grad():
             lams = [torch.clamp(q.bragg(origin()) + q.p["background"].value()[q.box, 0], min=1e-3) for q in live]
-        for par in (distance, beam):
-            par.recentre()
-            par.sigma = torch.full_like(par.raw, 0.01)
-        _unit_information([distance, beam], lambda: [q.bragg(origin()) for q in live], lams)
+            for par in (distance, beam):
+                par.recentre()
+                par.sigma = torch.full_like(par.raw, 0.01)
+                info = torch.zeros_like(par.raw)
+                for j in range(par.raw.numel() // n_groups):
+                    col = par.raw.view(n_groups, -1)[:, j]
+                    parts = []
+                    for step in (1.0, -1.0):
+                        col.fill_(step)
+                        parts.append([q.bragg(origin()) for q in live])
+                    col.fill_(0.0)
+                    for a, b, lam, pg in zip(*parts, lams, pixel_groups):
+                        info.view(n_groups, -1)[:, j] += torch.bincount(pg, ((a - b) / 2.0) ** 2 / lam,
+                                                                        minlength=n_groups)
+                good = info > 1e-12
+                par.sigma = torch.where(good, 0.01 / torch.sqrt(torch.where(good, info, torch.ones_like(info))),
+                                        torch.full_like(info, 0.01))
 
     ok, why, loss = False, "", math.nan
     for factor in (0.25, 0.5, 1.0):
+        with torch.no_grad():
+            o = origin()
         for q in live:
             q.log_size_offset = math.log(factor)
+            if factor == 1.0:  # each still alone at the geometry found
+                q.origins = o
+                n_iter, q_ok, q_why, per_still[id(q)] = q.fit_alone()
+                iterations += n_iter
+                if not q_ok:
+                    messages.append(q_why)
+                continue
+            # the spots' new width first meets its own scale and backgrounds (fitted to other widths before): a
+            # joint step from the old ones, thousands of log-likelihood off, flung crystals by degrees
+            q.freeze_bragg(o)
+            _, n_iter, _, _ = _minimise([q.p[n].raw for n in (*q.amplitude, "background")], lambda q=q: q.loss(o),
+                                        settings, q.n_pixels)
+            q.fixed_bragg = None
+            iterations += n_iter
         with torch.no_grad():
             loss = float(total())
         # the broadened passes only bring the spots within reach: a few cycles each, converged or not
@@ -564,13 +820,14 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
                 for par in q.p.values():
                     par.recentre()
                 q.precondition(origin_mm=o)
-                # broadened: only the scale and background follow (cheap: the Bragg model is frozen for them)
-                names = q.stages()[-1] if factor == 1.0 else ("scale", "background")
-                if factor < 1.0:
+                if factor == 1.0:  # each still's own parameters, its crystal and backgrounds in turn
+                    q.origins = o
+                    n_iter, q_ok, q_why, _ = q._fit_in_blocks(q.stages()[-1])
+                else:  # broadened: only the scale and background follow (cheap: the Bragg model is frozen for them)
                     q.freeze_bragg(o)
-                _, n_iter, q_ok, q_why = _minimise([q.p[n].raw for n in names], lambda q=q: q.loss(o), settings,
-                                                   q.n_pixels)
-                q.fixed_bragg = None
+                    _, n_iter, q_ok, q_why = _minimise([q.p[n].raw for n in (*q.amplitude, "background")],
+                                                       lambda q=q: q.loss(o), settings, q.n_pixels)
+                    q.fixed_bragg = None
                 iterations += n_iter
                 ok, why = ok and q_ok, why or q_why
             with torch.no_grad():
@@ -579,8 +836,7 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
                 ok, why = False, "the likelihood became non-finite"
                 break
             with torch.no_grad():  # in standard errors (sigma: one at the cycle's start)
-                moved = max(float((par.value() - par.init).abs().max() / torch.as_tensor(par.sigma).min())
-                            for par in (distance, beam))
+                moved = max(float(((par.value() - par.init).abs() / par.sigma).max()) for par in (distance, beam))
             if (before - loss) * n_pixels <= settings.nll_tolerance * len(live) or (factor == 1.0 and moved < 0.1):
                 ok = True
                 break
@@ -596,14 +852,12 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel,
         q.log_size_offset = 0.0
     with torch.no_grad():
         o = origin()
-        new_origin = tuple(float(v) for v in o.cpu().numpy())
-        refined_panel = Panel(new_origin, panel.fast_axis, panel.slow_axis, panel.pixel_size_mm, panel.n_fast,
-                              panel.n_slow, panel.pixel_size_slow_mm, panel.name)
+        refined = [replace(p, origin_mm=tuple(float(v) for v in o[k].cpu().numpy())) for k, p in enumerate(panels)]
         stills = [q.result(q.error) if q.error else
-                  q.result("converged" if ok else f"joint refinement {why}", ok, math.nan, 0, per_still[id(q)], o)
+                  q.result("converged" if ok else f"joint refinement {why}", ok, math.nan, 0, per_still.get(id(q), []), o)
                   for q in problems]
-        b = beam.value()
-        return RefinedDetector(refined_panel, float(distance.value()), (float(b[0]), float(b[1])), stills,
-                               nll_start, float(loss) * n_pixels, iterations, ok,
-                               "converged" if ok else f"joint refinement {why}"
+        d_shift = np.where(used, distance.value().cpu().numpy(), np.nan)
+        b_shift = np.where(used[:, None], beam.value().cpu().numpy(), np.nan)
+        return RefinedDetector(refined, groups, d_shift, b_shift, stills, nll_start, float(loss) * n_pixels,
+                               iterations, ok, "converged" if ok else f"joint refinement {why}"
                                + (f"; alone: {'; '.join(messages)}" if messages else ""))
