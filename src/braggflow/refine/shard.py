@@ -415,14 +415,27 @@ def refine_overlay_shard(export_path, frames_path, mtz_path, prior: StillPrior, 
                          saturation_adu: float, device: str | None = None, log=None):
     """The stills of one overlay shard as DIALS indexed them, refined: (the stills table, one ExptStill per still
     with a refined model)."""
-    import gemmi
-
-    from ..formats.expt import ExptStill
     from ..shards import load_structure_factors
 
     export, items, frame_index = _shard_stills(export_path, frames_path, prior, settings, saturation_adu)
     sf, _ = load_structure_factors(mtz_path)
     rows, refined = refine_shard(items, sf, noise, space_group, reference_cell, settings, device, log)
+    stills = _expt_stills(rows, items, refined, prior, space_group, export, frame_index,
+                          lambda item: (str(frames_path), item.frame),
+                          trusted_range=(-1.0, float(saturation_adu) - 1.0))
+    return rows, stills
+
+
+def _expt_stills(rows: list[dict[str, Any]], items: list[StillInput], refined: list[RefinedStill | None],
+                 prior: StillPrior, space_group: str, export: dict[str, np.ndarray], frame_index, image,
+                 **extra) -> list:
+    """One ExptStill per still refined (not failed), its model on the panels DIALS used; each row gets its
+    ``frame_index`` and ``expt_index`` (-1 where the still has none). ``image(item)``: (file, index) of the image
+    DIALS read; ``extra``: further ExptStill fields."""
+    import gemmi
+
+    from ..formats.expt import ExptStill
+
     hall = gemmi.SpaceGroup(space_group).hall
     stills = []
     for row, item, res in zip(rows, items, refined):
@@ -432,15 +445,15 @@ def refine_overlay_shard(export_path, frames_path, mtz_path, prior: StillPrior, 
             continue
         row["expt_index"] = len(stills)
         lam = float(item.start.pulse.wavelengths_A @ item.start.pulse.weights) / res.energy_factor
-        stills.append(ExptStill(res.A_matrix, hall, lam, item.beam_direction, list(item.panels), str(frames_path),
-                                item.frame, identifier=f"frame {row['frame_index']}",
+        path, index = image(item)
+        stills.append(ExptStill(res.A_matrix, hall, lam, item.beam_direction, list(item.panels), path, index,
+                                identifier=f"frame {row['frame_index']}",
                                 polarization_fraction=0.5 * (1.0 + prior.kahn_factor),
                                 polarization_angle_deg=math.degrees(math.atan2(prior.polarization_axis[1],
                                                                                prior.polarization_axis[0])),
                                 sensor_thickness_mm=export["panel_parallax_t0_mm"][item.frame],
-                                sensor_mu_per_mm=export["panel_parallax_mu_per_mm"][item.frame],
-                                trusted_range=(-1.0, float(saturation_adu) - 1.0)))
-    return rows, stills
+                                sensor_mu_per_mm=export["panel_parallax_mu_per_mm"][item.frame], **extra))
+    return stills
 
 
 def torch_device(choice: str, threads: int, log=None) -> str:
@@ -527,11 +540,8 @@ def refine_experiment_frames(export_path, frames_path, prior: StillPrior, settin
     from their DIALS models on every panel DIALS used: (the stills table, one ExptStill per refined still, the
     still inputs, the refined stills). Real stills have no known F: with ``settings`` per_shoebox intensities
     ``sf`` may be None. The .expt names each frame's own source image (the file DIALS read)."""
-    import gemmi
-
     from ..formats import frames as F
     from ..formats.dials_export import read_dials_export
-    from ..formats.expt import ExptStill
 
     info = F.read_frames_info(frames_path)
     counts = np.stack([F.read_frame_photons(frames_path, i) for i in range(info.n_frames)]).astype(float)
@@ -542,23 +552,8 @@ def refine_experiment_frames(export_path, frames_path, prior: StillPrior, settin
     pixel_mm = float(info.panels[0].pixel_size_mm)
     rows, refined = refine_shard(items, sf, noise, space_group, reference_cell, settings, device, log,
                                  psf_fwhm_um * 1e-3 / pixel_mm)
-    hall = gemmi.SpaceGroup(space_group).hall
-    stills = []
-    for row, item, res in zip(rows, items, refined):
-        row["frame_index"] = int(item.frame)
-        row["expt_index"] = -1
-        if res is None or row["status"] == "failed":
-            continue
-        row["expt_index"] = len(stills)
-        lam = float(item.start.pulse.wavelengths_A @ item.start.pulse.weights) / res.energy_factor
-        stills.append(ExptStill(res.A_matrix, hall, lam, item.beam_direction, list(item.panels),
-                                str(info.source_file[item.frame]), int(info.source_index[item.frame]),
-                                identifier=f"frame {item.frame}",
-                                polarization_fraction=0.5 * (1.0 + prior.kahn_factor),
-                                polarization_angle_deg=math.degrees(math.atan2(prior.polarization_axis[1],
-                                                                               prior.polarization_axis[0])),
-                                sensor_thickness_mm=export["panel_parallax_t0_mm"][item.frame],
-                                sensor_mu_per_mm=export["panel_parallax_mu_per_mm"][item.frame]))
+    stills = _expt_stills(rows, items, refined, prior, space_group, export, np.arange(info.n_frames),
+                          lambda item: (str(info.source_file[item.frame]), int(info.source_index[item.frame])))
     return rows, stills, items, refined
 
 

@@ -793,11 +793,8 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel | 
                 continue
             # the spots' new width first meets its own scale and backgrounds (fitted to other widths before): a
             # joint step from the old ones, thousands of log-likelihood off, flung crystals by degrees
-            q.freeze_bragg(o)
-            _, n_iter, _, _ = _minimise([q.p[n].raw for n in (*q.amplitude, "background")], lambda q=q: q.loss(o),
-                                        settings, q.n_pixels)
-            q.fixed_bragg = None
-            iterations += n_iter
+            q.origins = o
+            iterations += q._fit_background(q.amplitude)[0]
         with torch.no_grad():
             loss = float(total())
         # the broadened passes only bring the spots within reach: a few cycles each, converged or not
@@ -820,14 +817,11 @@ def refine_detector(starts: list[Still], boxes: list[Shoeboxes], panel: Panel | 
                 for par in q.p.values():
                     par.recentre()
                 q.precondition(origin_mm=o)
-                if factor == 1.0:  # each still's own parameters, its crystal and backgrounds in turn
-                    q.origins = o
+                q.origins = o  # each still's own fits at the geometry so far
+                if factor == 1.0:  # its crystal and backgrounds in turn
                     n_iter, q_ok, q_why, _ = q._fit_in_blocks(q.stages()[-1])
                 else:  # broadened: only the scale and background follow (cheap: the Bragg model is frozen for them)
-                    q.freeze_bragg(o)
-                    _, n_iter, q_ok, q_why = _minimise([q.p[n].raw for n in (*q.amplitude, "background")],
-                                                       lambda q=q: q.loss(o), settings, q.n_pixels)
-                    q.fixed_bragg = None
+                    n_iter, q_ok, q_why, _ = q._fit_background(q.amplitude)
                 iterations += n_iter
                 ok, why = ok and q_ok, why or q_why
             with torch.no_grad():
