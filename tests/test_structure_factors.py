@@ -49,6 +49,45 @@ def test_fcc_mixed_parity_reflections_vanish():
     assert np.all(np.abs(f_plus) < 1e-9)
 
 
+WURTZITE_CIF = """data_zno
+_cell_length_a 3.2498
+_cell_length_b 3.2498
+_cell_length_c 5.2066
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 120
+_symmetry_space_group_name_H-M 'P 63 m c'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_U_iso_or_equiv
+Zn1 Zn 0.3333 0.6667 0 0.007
+O1 O 0.3333 0.6667 0.3817 0.007
+"""
+
+
+def test_hexagonal_sites_given_to_four_decimals_are_one_atom_each(tmp_path):
+    """0.3333 / 0.6667 land 1e-4 from their images under P6_3mc's operations: 2 Zn and 2 O in the cell, not 6 + 6
+    (|F| was 3x too large), and F(002) is that of two Zn and two O at the wurtzite positions."""
+    from braggflow.sf import form_factor_it92, unit_cell_atoms
+
+    path = tmp_path / "zno.cif"
+    path.write_text(WURTZITE_CIF)
+    model = read_structure(path)
+    atoms = unit_cell_atoms(model)
+    assert sorted(atoms.atomic_number.tolist()) == [8, 8, 30, 30]
+    f, _ = structure_factors(model, np.array([[0, 0, 2]]), None)
+    x = np.array([[1 / 3, 2 / 3, 0], [2 / 3, 1 / 3, 0.5]])
+    stol2 = 0.25 / (5.2066 / 2) ** 2
+    dw = np.exp(-8 * np.pi**2 * 0.007 * stol2)
+    expected = sum(form_factor_it92(z, stol2) * dw * np.exp(2j * np.pi * (2 * (x[:, 2] + dz))).sum()
+                   for z, dz in ((30, 0.0), (8, 0.3817)))
+    np.testing.assert_allclose(abs(f[0]), abs(expected), rtol=1e-4)
+
+
 def test_p43212_systematic_absences_are_zero(pk):
     absent = [(0, 0, l) for l in (1, 2, 3, 5, 6, 7, 9)] + [(h, 0, 0) for h in (1, 3, 5, 7)] + [(0, 3, 0)]
     present = [(0, 0, 4), (0, 0, 8), (2, 0, 0), (4, 0, 0)]

@@ -69,12 +69,28 @@ def unit_cell_atoms(model: CrystalModel) -> UnitCellAtoms:
         us.append(rc @ u @ rc.T)
     z, xyz, occ, us = np.concatenate(z), np.concatenate(xyz), np.concatenate(occ), np.concatenate(us)
     if model.kind == "small-molecule":
-        wrapped = np.round(np.mod(xyz, 1.0), 4) % 1.0
-        key = np.column_stack([wrapped, z])
-        _, keep = np.unique(key, axis=0, return_index=True)
-        keep.sort()
+        keep = _distinct_sites(z, xyz)
         z, xyz, occ, us = z[keep], xyz[keep], occ[keep], us[keep]
     return UnitCellAtoms(z, xyz, occ, us)
+
+
+# Images of one site closer than this (fractional, per axis, across cell edges) are one atom: CIFs give 1/3 and
+# 2/3 as 0.3333 and 0.6667, whose images under a hexagonal operation land 1e-4 apart.
+SITE_MERGE_FRACT = 1e-3
+
+
+def _distinct_sites(z: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """Indices of the first image of each distinct (element, position), in their original order."""
+    keep: list[int] = []
+    for i in range(len(z)):
+        if keep:
+            k = np.asarray(keep)
+            d = xyz[k] - xyz[i]
+            d -= np.round(d)
+            if np.any((z[k] == z[i]) & np.all(np.abs(d) < SITE_MERGE_FRACT, axis=1)):
+                continue
+        keep.append(i)
+    return np.asarray(keep, dtype=int)
 
 
 def form_factor_it92(atomic_number: int, stol2: np.ndarray) -> np.ndarray:
@@ -98,14 +114,8 @@ def structure_factors(
     """Complex F(h) and F(-h) for each row of ``hkl``; ``energy_kev=None`` leaves out f' and f''."""
     hkl = np.asarray(hkl, dtype=float).reshape(-1, 3)
     atoms = atoms or unit_cell_atoms(model)
-    recip = np.array(model.gemmi_cell.frac.mat).T  # s_cart = Frac^T h
-    s = hkl @ recip.T
-    stol2 = 0.25 * np.sum(s * s, axis=1)
-    # Quadratic form s^T U s as a matrix product: S6 (refl x 6) @ U6 (6 x atoms).
-    s6 = np.column_stack([s[:, 0] ** 2, s[:, 1] ** 2, s[:, 2] ** 2,
-                          2 * s[:, 0] * s[:, 1], 2 * s[:, 0] * s[:, 2], 2 * s[:, 1] * s[:, 2]])
-    uc = atoms.u_cart
-    u6 = np.column_stack([uc[:, 0, 0], uc[:, 1, 1], uc[:, 2, 2], uc[:, 0, 1], uc[:, 0, 2], uc[:, 1, 2]])
+    stol2, s6 = _scattering_vectors(model, hkl)
+    u6 = _u6(atoms)
     fdash = anomalous_corrections(atoms.atomic_number, energy_kev)
     f_plus = np.zeros(len(hkl), dtype=complex)
     f_minus = np.zeros(len(hkl), dtype=complex)
@@ -123,6 +133,35 @@ def structure_factors(
         f_plus += (f0 + fp) * g + 1j * fpp * g
         f_minus += (f0 + fp) * np.conj(g) + 1j * fpp * np.conj(g)
     return f_plus, f_minus
+
+
+def _scattering_vectors(model: CrystalModel, hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sin theta / lambda)^2 of each h and the six products of s_cart that make s^T U s a matrix product."""
+    recip = np.array(model.gemmi_cell.frac.mat).T  # s_cart = Frac^T h
+    s = hkl @ recip.T
+    stol2 = 0.25 * np.sum(s * s, axis=1)
+    s6 = np.column_stack([s[:, 0] ** 2, s[:, 1] ** 2, s[:, 2] ** 2,
+                          2 * s[:, 0] * s[:, 1], 2 * s[:, 0] * s[:, 2], 2 * s[:, 1] * s[:, 2]])
+    return stol2, s6
+
+
+def _u6(atoms: UnitCellAtoms) -> np.ndarray:
+    uc = atoms.u_cart
+    return np.column_stack([uc[:, 0, 0], uc[:, 1, 1], uc[:, 2, 2], uc[:, 0, 1], uc[:, 0, 2], uc[:, 1, 2]])
+
+
+def atom_scattering(model: CrystalModel, atoms: UnitCellAtoms, hkl: np.ndarray, energy_kev: float | None) -> np.ndarray:
+    """(reflections, atoms) complex occ_j (f0_j + f'_j + i f''_j) exp(-2 pi^2 s^T U_j s): what each atom adds to
+    F(h) before its position's phase, so that F(h) = sum_j of it times exp(2 pi i h.x_j) (``structure_factors``)
+    for any positions of the same atoms."""
+    hkl = np.asarray(hkl, dtype=float).reshape(-1, 3)
+    stol2, s6 = _scattering_vectors(model, hkl)
+    out = np.exp(-2.0 * np.pi**2 * (s6 @ _u6(atoms).T)) * atoms.occupancy
+    out = out.astype(complex)
+    for zz, (fp, fpp) in anomalous_corrections(atoms.atomic_number, energy_kev).items():
+        sel = atoms.atomic_number == zz
+        out[:, sel] *= (form_factor_it92(zz, stol2) + fp + 1j * fpp)[:, None]
+    return out
 
 
 @dataclass(frozen=True)
