@@ -28,6 +28,7 @@ include: "rules/training.smk"
 include: "rules/experiments.smk"
 include: "rules/matched.smk"
 include: "rules/refinement.smk"
+include: "rules/phases.smk"
 
 
 rule all:

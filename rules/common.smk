@@ -11,17 +11,27 @@ _SRC, _PATH_VAR, _WORKFLOW_VAR = os.path.join(workflow.basedir, "src"), "PYTHONP
 os.environ[_PATH_VAR] = os.pathsep.join(p for p in (_SRC, os.environ.get(_PATH_VAR, "")) if p)
 os.environ[_WORKFLOW_VAR] = workflow.basedir
 from braggflow.beam import Beam
-from braggflow.config import check_structure_files
+from braggflow.config import check_phase_sets, check_structure_files
 from braggflow.draws import spectrum_rel_sigma
 from braggflow.geometry import dataset_geometry
 from braggflow.matrix import DATASET_RE, ENERGY_LABEL_RE, energies, expand_matrix
 from braggflow.overlay import OverlaySettings
-from braggflow.settings import EvaluationSettings, TrainingSettings, canonical
+from braggflow.phases.dataset import resolve_cif
+from braggflow.phases.models import KINDS as PHASE_MODELS
+from braggflow.settings import (
+    EvaluationSettings,
+    PhaseEvaluationSettings,
+    PhaseFitSettings,
+    PhaseSetSettings,
+    TrainingSettings,
+    canonical,
+)
 from braggflow.sf import D_MIN_MARGIN
 from braggflow.sf import sf_d_min_angstrom as structure_factor_d_min
 from braggflow.shards import SimulationSettings, frame_indices
 
 check_structure_files(config)
+check_phase_sets(config)
 
 DATASETS = expand_matrix(config)  # name -> Dataset, e.g. "7keV_250mm"
 ENERGIES = energies(config)  # label -> keV, e.g. "7" -> 7.0
@@ -33,6 +43,8 @@ wildcard_constraints:
     energy=ENERGY_LABEL_RE,
     structure="[A-Za-z0-9][A-Za-z0-9_-]*",
     shard=r"\d{4}",
+    phase_set="[A-Za-z0-9][A-Za-z0-9_-]*",
+    phase_model="|".join(PHASE_MODELS),
 
 
 def structure_file(wildcards):
@@ -336,6 +348,51 @@ def training_targets():
     ]
 
 
+# ---------------------------------------------------------------- phase retrieval (rules/phases.smk)
+
+
+def phase_set(name):
+    return PhaseSetSettings.from_config(config["phases"]["sets"][name], f"phases.sets.{name}")
+
+
+def phase_cifs(wildcards):
+    """The set's CIF files (dans:<Name> resolved to the installed package's copy), by name."""
+    return {f"cif{i}": str(resolve_cif(c)) for i, c in enumerate(phase_set(wildcards.phase_set).cifs)}
+
+
+def phase_dataset_params(wildcards):
+    return phase_set(wildcards.phase_set).params()
+
+
+def phase_training_params(wildcards):
+    """What makes one model's weights: the shared optimisation and that model's own settings (not device or
+    threads, and not the other models')."""
+    return dict(
+        fit=PhaseFitSettings.from_config(config["phases"]["training"]).params(),
+        arguments=canonical(config["phases"]["models"][wildcards.phase_model]),
+    )
+
+
+def phase_models(phase_set_name, what):
+    suffix = {"weights": "pt", "card": "json", "history": "history.tsv"}[what]
+    return [f"results/phases/{phase_set_name}/models/{m}.{suffix}" for m in PHASE_MODELS]
+
+
+def phase_gpus():
+    return training_gpus(config["phases"]["training"]["device"])
+
+
+def phase_conda_env():
+    return "../envs/braggflow.yaml" if config["phases"]["training"]["device"] == "cpu" else "../envs/braggflow-gpu.yaml"
+
+
+def phase_targets():
+    if not config["phases"]["enabled"]:
+        return []
+    files = ["loss_table.tsv", "shells.tsv", "samples.tsv", "learning_curves.png", "shells.png", "density.png"]
+    return [f"results/phases/{s}/evaluation/{f}" for s in config["phases"]["sets"] for f in files]
+
+
 def all_targets():
     per_dataset = [
         "results/geometry/{dataset}/geometry.json",
@@ -354,6 +411,7 @@ def all_targets():
         + training_targets()
         + refinement_targets()
         + experiment_targets()
+        + phase_targets()
     )
 
 
@@ -395,6 +453,10 @@ def benchmark_files():
         stages += ["calibrate_matched"] if matched_calibration_input(x) else []
         files += [f"{B}/{stage}/{x}.tsv" for stage in stages]
         files += [f"{B}/matched_frames/{x}/shard_{s}.tsv" for s in matched_shard_names(x)]
+    if config["phases"]["enabled"]:
+        for name in config["phases"]["sets"]:
+            files += [f"{B}/phase_dataset/{name}.tsv", f"{B}/evaluate_phases/{name}.tsv"]
+            files += [f"{B}/train_phase_model/{name}/{m}.tsv" for m in PHASE_MODELS]
     return files
 
 

@@ -24,6 +24,8 @@ def test_conda_env_matches_pyproject():
     wanted["python"] = meta["requires-python"]
     env = yaml.safe_load((ROOT / "envs/braggflow.yaml").read_text())
     conda = dict(_split(s) for s in env["dependencies"] if isinstance(s, str) and s != "pip")
+    pip = [s for d in env["dependencies"] if isinstance(d, dict) for s in d.get("pip", [])]  # from PyPI
+    conda.update(_split(s) for s in pip)
     assert conda == {CONDA_NAMES.get(k, k): v for k, v in wanted.items()}
     assert "conda-forge" in env["channels"]
 

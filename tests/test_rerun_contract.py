@@ -100,6 +100,8 @@ def test_a_finished_run_has_nothing_to_do(tiny_run, base):
     ("dials.container", "elsewhere/dials.sif"),  # only used with --use-apptainer
     ("refinement.threads", 2),
     ("refinement.device", "cpu"),  # no CUDA here: the same device
+    ("phases.training.threads", 2),  # the phase models train on one intra-op thread whatever this is
+    ("phases.training.device", "auto"),
 ])
 def test_how_a_job_runs_reruns_nothing(tiny_run, base, key, value):
     assert planned(tiny_run, edited(base, key, value)) == {}
@@ -274,3 +276,23 @@ def test_outputs_are_readable_as_the_umask_says(tiny_run):
     modes = Counter(p.stat().st_mode & 0o777 for p in (tiny_run / "results").rglob("*") if p.is_file())
     assert set(modes) <= {0o666 & ~mask, 0o777 & ~mask}, {oct(m): n for m, n in modes.items()}
     assert not [p for p in tiny_run.rglob("*.tmp")]  # no temporary file of an atomic write survives
+
+
+PHASE_MODELS = ["tiny3/cnn", "tiny3/linear", "tiny3/mlp", "tiny3/unet"]
+
+
+def test_a_phase_model_setting_reruns_that_model_and_the_evaluation_only(tiny_run, base):
+    assert planned(tiny_run, edited(base, "phases.models.unet.channels", 6)) == {
+        "train_phase_model": ["tiny3/unet"], "evaluate_phases": ["tiny3"], "phase_figures": ["tiny3"],
+        "benchmark_summary": [""]}
+    assert planned(tiny_run, edited(base, "phases.training.epochs", 3)) == {
+        "train_phase_model": PHASE_MODELS, "evaluate_phases": ["tiny3"], "phase_figures": ["tiny3"],
+        "benchmark_summary": [""]}
+    assert planned(tiny_run, edited(base, "phases.evaluation.shells", 4)) == {
+        "evaluate_phases": ["tiny3"], "phase_figures": ["tiny3"], "benchmark_summary": [""]}
+
+
+def test_a_phase_dataset_setting_reruns_the_phase_stage_only(tiny_run, base):
+    assert planned(tiny_run, edited(base, "phases.sets.tiny3.seed", 2)) == {
+        "phase_dataset": ["tiny3"], "train_phase_model": PHASE_MODELS, "evaluate_phases": ["tiny3"],
+        "phase_figures": ["tiny3"], "benchmark_summary": [""]}

@@ -27,13 +27,14 @@ pytestmark = pytest.mark.slow
 # Rules that must land on GPU nodes (each has its line in set-resources of profiles/slurm/config.yaml). Those in
 # the test's DAG are checked against sacct.
 GPU_RULES = ("simulate", "train_peak_finder", "train_hit_classifier", "train_energy_distance", "simulate_shifted",
-             "predict", "matched_frames", "train_matched_peak_finder")
+             "predict", "matched_frames", "train_matched_peak_finder", "train_phase_model")
 # Left out of the SLURM run (with everything downstream), to keep it near 2.5 min on 2 cores: stages that take
 # minutes here and would test nothing the other rules do not (simulate already shows GPU placement). Training
 # also writes model cards with a uuid4, wall times and hardware by design, so its outputs are not byte-identical
 # between runs; its weights are (tests/test_ml.py).
 OMIT_FROM = ("dials_stills_process", "dials_experiment", "benchmark_summary", "train_peak_finder",
-             "train_hit_classifier", "baseline_peak_finder", "energy_distance_profiles", "matched_structure_factors")
+             "train_hit_classifier", "baseline_peak_finder", "energy_distance_profiles", "matched_structure_factors",
+             "phase_dataset")
 # Per-shard rules that profiles/slurm submits as job arrays (slurm-array-jobs)
 ARRAY_RULES = ("simulate", "overlay", "dials_stills_process", "dials_tables")
 ACCOUNT = "bragg"  # the test cluster's accounts: bragg (CPU) and bragg_g (GPU)

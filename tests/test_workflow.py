@@ -73,7 +73,9 @@ def test_rerun_gives_the_same_bytes(tiny_run, tmp_path):
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     for rel in ("results/structure_factors/pb/8keV.mtz", "results/structure_factors/summary.tsv",
                 "results/backgrounds/7keV_100mm/water.h5", "results/geometry/8keV_100mm/8keV_100mm.geom",
-                "results/simulated/1ic6/8keV_100mm/shard_0001.h5", "results/overlays/1ic6/7keV_100mm/shard_0000.h5"):
+                "results/simulated/1ic6/8keV_100mm/shard_0001.h5", "results/overlays/1ic6/7keV_100mm/shard_0000.h5",
+                "results/phases/tiny3/dataset.h5", "results/phases/tiny3/models/unet.pt",
+                "results/phases/tiny3/evaluation/loss_table.tsv"):
         assert (tmp_path / rel).read_bytes() == (tiny_run / rel).read_bytes(), rel
 
 
@@ -169,3 +171,27 @@ def test_tiny_config_refines_every_indexed_still_and_the_detector(tiny_run):
     assert overall.n == len(offsets) and overall.rmsd_dials_px < 1.5 and overall.rmsd_refined_px < 1.5
     assert overall.rmsd_dials_um == pytest.approx(overall.rmsd_dials_px * 109.92, rel=1e-3)
     assert (real / "offsets_by_resolution.png").stat().st_size > 10_000
+
+
+def test_tiny_config_trains_and_scores_the_four_phase_models(tiny_run):
+    import json
+
+    import pandas as pd
+
+    from braggflow.formats.phase_volumes import read_dataset_id
+
+    base = tiny_run / "results/phases/tiny3"
+    ident = read_dataset_id(base / "dataset.h5")
+    for kind in ("linear", "mlp", "cnn", "unet"):
+        card = json.loads((base / f"models/{kind}.json").read_text())
+        assert card["model"] == kind and card["dataset"]["dataset_id"] == ident
+        assert len(pd.read_csv(base / f"models/{kind}.history.tsv", sep="\t")) == card["training"]["epochs_run"]
+    table = pd.read_csv(base / "evaluation/loss_table.tsv", sep="\t")
+    assert set(table.model) == {"linear", "mlp", "cnn", "unet", "zero_phases", "random_phases"}
+    assert set(table.split) == {"train", "validation", "test_seen", "test_unseen"} and len(table) == 24
+    assert table.loss.between(0, 2).all() and table.rscc_median.between(-1, 1).all()
+    shells = pd.read_csv(base / "evaluation/shells.tsv", sep="\t")
+    assert set(shells.split) == {"test_seen", "test_unseen"} and shells.shell.nunique() == 6
+    for fig in ("learning_curves.png", "shells.png", "density.png"):
+        assert (base / "evaluation" / fig).stat().st_size > 10_000, fig
+    assert "the U-Net" in (tiny_run / "logs/phases/tiny3/evaluate.log").read_text()

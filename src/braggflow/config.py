@@ -153,3 +153,39 @@ def check_structure_files(config: dict[str, Any], base: str | Path = ".") -> Non
             missing.append(f"config key 'structures.{name}.file': no such file {entry['file']!r}")
     if missing:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(missing))
+
+
+def check_phase_sets(config: dict[str, Any]) -> None:
+    """What the schema cannot say of phases.sets: unseen crystals are among the set's, at least one is seen, the
+    splits leave training samples, each CIF exists, and the density grid holds the hkl grid."""
+    from .errors import InputError
+    from .phases.dataset import resolve_cif
+
+    problems = []
+    phases = config.get("phases", {})
+    grid = phases.get("evaluation", {}).get("map_grid", 24)
+    for name, s in phases.get("sets", {}).items():
+        key = f"phases.sets.{name}"
+        cifs = s["cifs"]
+        if len(set(cifs)) != len(cifs):
+            problems.append(f"config key '{key}.cifs': a CIF is listed twice")
+        for u in s.get("unseen", []):
+            if u not in cifs:
+                problems.append(f"config key '{key}.unseen': {u!r} is not among {key}.cifs")
+        if not set(cifs) - set(s.get("unseen", [])):
+            problems.append(f"config key '{key}.unseen': every crystal is held out; none is left to train on")
+        if s.get("validation_fraction", 0.1) + s.get("test_fraction", 0.1) >= 1.0:
+            problems.append(f"config key '{key}': validation_fraction + test_fraction must be below 1")
+        if grid < 2 * max(s.get("grid_half_width", [4, 4, 4])) + 1:
+            problems.append(f"config key 'phases.evaluation.map_grid': {grid} is below 2 max({key}.grid_half_width)"
+                            " + 1 (the maps would fold reflections onto each other)")
+        for c in cifs:
+            try:
+                path = resolve_cif(c)
+            except InputError as exc:
+                problems.append(f"config key '{key}.cifs': {exc}")
+                continue
+            if not path.is_file():
+                problems.append(f"config key '{key}.cifs': no such file {c!r}")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

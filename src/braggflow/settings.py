@@ -282,3 +282,47 @@ class EvaluationSettings(Section):
     match_radius_px: float
     min_i_over_sigma: float
     resolution_bins: int
+
+
+# ---------------------------------------------------------------- phase retrieval (rules/phases.smk)
+
+@dataclasses.dataclass(frozen=True)
+class PerturbationSettings(Section):
+    model: str  # along_a or isotropic (phases.dataset.PERTURBATIONS)
+    sigma_fraction: float  # sigma of each atom's move, as a fraction of the cell edge it moves along
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseSetSettings(Section):
+    """One phase dataset (phases.sets.<name>): what makes the dataset file's bytes."""
+
+    KEY: ClassVar[str] = "phases.sets.<name>"
+    cifs: tuple[str, ...]
+    unseen: tuple[str, ...]
+    energy_kev: float
+    grid_half_width: tuple[int, ...]
+    perturbation: PerturbationSettings
+    samples_per_crystal: int
+    validation_fraction: float
+    test_fraction: float
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseFitSettings(Section):
+    """The optimisation every phase model shares (phases.training, less device and threads)."""
+
+    KEY: ClassVar[str] = "phases.training"
+    batch_size: int
+    epochs: int
+    patience: int
+    learning_rate: float
+    weight_decay: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseEvaluationSettings(Section):
+    KEY: ClassVar[str] = "phases.evaluation"
+    shells: int
+    map_grid: int
+    map_samples: int
