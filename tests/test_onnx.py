@@ -59,7 +59,7 @@ def test_an_export_that_does_not_match_torch_writes_nothing(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("index", range(2))
 def test_a_whole_frame_through_onnx_runtime_in_blocks_matches_torch(tmp_path, index):
-    from braggflow.ml.data import file_sha256
+    from braggflow.io import file_sha256
     from braggflow.ml.peak_finder import predict_probability
 
     _, model, arguments, _ = _models()[index]
@@ -91,7 +91,7 @@ def test_load_onnx_checks_the_cards_hash_and_names_the_file(tmp_path):
 @pytest.mark.slow
 def test_the_workflows_models_carry_their_onnx_and_both_engines_predict_alike(tiny_run, tmp_path):
     from braggflow.config import load_config
-    from braggflow.ml.data import file_sha256
+    from braggflow.io import file_sha256
     from braggflow.ml.predict import predict_file
     from braggflow.settings import TrainingRun, TrainingSettings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_text_atomic
-from .data import file_sha256
+from ..io import file_sha256
 
 CARD_FIELDS = ("model_id", "model", "architecture", "arguments", "datasets", "config_hash", "input_data",
                "weights", "onnx", "split", "metrics", "training", "hardware", "software")

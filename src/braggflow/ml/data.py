@@ -35,13 +35,6 @@ class FrameRef:
     n_peaks: int
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def index_shards(paths: Sequence[str | Path]) -> list[FrameRef]:
     """Every frame of the given overlay shards (reads only the small per-frame tables)."""

@@ -93,7 +93,7 @@ def export_onnx(model, kind: str, arguments: dict[str, Any], path: str | Path) -
     import torch
 
     from ..io import atomic_path
-    from .data import file_sha256
+    from ..io import file_sha256
     from .layers import plain_layers
 
     sig = SIGNATURES[kind]
@@ -168,7 +168,7 @@ class OnnxModel:
 
 def load_onnx(card: dict[str, Any], path: str | Path, threads: int, device: str = "cpu") -> OnnxModel:
     """The card's ONNX file, its hash checked against the card's."""
-    from .data import file_sha256
+    from ..io import file_sha256
 
     entry = card.get("onnx")
     if entry is None:

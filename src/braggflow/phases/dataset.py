@@ -14,7 +14,6 @@ perturbations of seen crystals).
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -24,6 +23,7 @@ import gemmi
 import numpy as np
 
 from ..errors import InputError
+from ..io import file_sha256
 from ..sf import UnitCellAtoms, atom_scattering, unit_cell_atoms
 from ..structures import CrystalModel, read_structure
 from ..units import HC_KEV_ANGSTROM
@@ -49,10 +49,6 @@ def resolve_cif(name: str) -> Path:
         known = sorted(p.stem for p in folder.glob("*.cif"))
         raise InputError(name, f"no such structure in {folder} (known: {', '.join(known)})")
     return path
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def hkl_grid(half_width: tuple[int, int, int]) -> np.ndarray:

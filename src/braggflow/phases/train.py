@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..formats.phase_volumes import read_dataset_id, read_phase_volumes
-from ..io import atomic_path, write_text_atomic
+from ..io import atomic_path, file_sha256, write_text_atomic
 from . import origins
-from .dataset import PhaseVolumes, file_sha256, space_group
+from .dataset import PhaseVolumes, space_group
 from .loss import Equivalents, loss_weights, network_inputs
 
 
@@ -66,12 +66,6 @@ def _cpu_one_thread(device):
     return one_thread() if device.type == "cpu" else contextlib.nullcontext()
 
 
-def save_state(model, path: str | Path) -> None:
-    from ..ml.models import save_weights
-
-    save_weights(model, path)
-
-
 def load_model(card_path: str | Path, weights: str | Path, device: str = "cpu"):
     import torch
 
@@ -88,6 +82,7 @@ def train_phase_model(dataset: str | Path, kind: str, arguments: dict, fit_setti
     from ..ml.cards import hardware, software
     from ..ml.determinism import kernel_settings
     from ..ml.fit import fit, seeded, torch_device
+    from ..ml.models import save_weights
     from .loss import phase_loss
     from .models import build_model
 
@@ -106,7 +101,7 @@ def train_phase_model(dataset: str | Path, kind: str, arguments: dict, fit_setti
                      phase_loss, epochs=f.epochs, learning_rate=f.learning_rate, patience=f.patience, device=device,
                      weight_decay=f.weight_decay, log=log)
     model.cpu().eval()
-    save_state(model, weights)
+    save_weights(model, weights)
     with atomic_path(history) as tmp:
         lines = ["epoch\ttrain_loss\tvalidation_loss\tlearning_rate"]
         lines += [f"{h['epoch']}\t{h['train_loss']:.6g}\t{h['validation_loss']:.6g}\t{h['learning_rate']:.6g}"
