@@ -309,14 +309,10 @@ class PhaseSetSettings(Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class PhaseFitSettings(Section):
+class PhaseFitSettings(FitSettings):
     """The optimisation every phase model shares (phases.training, less device and threads)."""
 
     KEY: ClassVar[str] = "phases.training"
-    batch_size: int
-    epochs: int
-    patience: int
-    learning_rate: float
     weight_decay: float
 
 

@@ -85,11 +85,15 @@ class Crystal:
 
 def structure_factors_of(crystal: Crystal, hkl: np.ndarray, fract: np.ndarray) -> np.ndarray:
     """F(h) on the grid for atom positions ``fract`` (samples, atoms, 3) of the crystal's atoms."""
+    return _structure_factors(hkl, fract, crystal.scattering)
+
+
+def _structure_factors(hkl: np.ndarray, fract: np.ndarray, scattering: np.ndarray) -> np.ndarray:
     out = np.empty((len(fract), len(hkl)), dtype=complex)
     for i in range(0, len(fract), _SAMPLE_CHUNK):
         x = fract[i:i + _SAMPLE_CHUNK]
         ph = np.exp(2j * np.pi * np.einsum("vk,snk->svn", hkl.astype(float), x))
-        out[i:i + _SAMPLE_CHUNK] = np.einsum("svn,vn->sv", ph, crystal.scattering)
+        out[i:i + _SAMPLE_CHUNK] = np.einsum("svn,vn->sv", ph, scattering)
     return out
 
 
@@ -104,7 +108,7 @@ def load_crystal(name: str, path: str | Path, hkl: np.ndarray, energy_kev: float
     measurable = np.isfinite(d) & (d >= wavelength / 2)
     sg = model.spacegroup
     axes = origins.continuous_axes(sg)
-    f = (np.exp(2j * np.pi * (hkl @ atoms.fract.T)) * scattering).sum(1)
+    f = _structure_factors(hkl, atoms.fract[None], scattering)[0]
     refs = origins.reference_reflections(hkl, np.where(measurable, np.abs(f), 0.0), axes)
     ref_phase = np.angle(f[[_row(hkl, r) for r in refs]]) if len(refs) else np.zeros(0)
     shift = origins.origin_fixing_shift(ref_phase, refs, axes)
